@@ -1,0 +1,12 @@
+"""mmseg_hosvd: activation-map compression for memory-cheap fine-tuning.
+
+Importing this package (e.g. through a config's ``custom_imports``) makes
+``mmseg.models`` importable without mmcv's compiled ops (see
+:mod:`mmseg_hosvd.compat.mmcv_ops`) and registers the plugin's hooks in
+mmengine's ``HOOKS`` registry.
+"""
+from .compat.mmcv_ops import install_mmcv_ops_fallback
+
+__version__ = '0.1.0'
+
+install_mmcv_ops_fallback()
