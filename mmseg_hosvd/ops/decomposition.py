@@ -1,0 +1,309 @@
+"""Truncated HOSVD (Tucker) and truncated SVD of a 4-D activation.
+
+Pure PyTorch math, no mmengine/mmseg imports. Conventions:
+
+* An activation ``x`` has shape ``(B, C, H, W)``; its four modes are batch,
+  channel, height and width.
+* Rank rule (the paper's): per mode, the smallest ``K`` whose cumulative sum
+  of squared singular values of the (uncentred) mode unfolding reaches
+  ``eps`` of the total. ``eps == 1`` always keeps the full mode size.
+* Singular vectors come from the Gram matrix of each unfolding through
+  :func:`torch.linalg.eigh`, never from a full SVD of the unfolding.
+* Decompositions run in float32, or float64 for float64 inputs.
+* The ranks and a finiteness flag reach the host through a single
+  ``tolist()`` per decomposition: one host-device synchronisation (besides
+  whatever :func:`torch.linalg.eigh` does internally to check its result).
+* An input with NaN/Inf raises :class:`FloatingPointError`.
+
+Element counts are numbers of tensor elements; byte counts are bytes.
+"""
+import itertools
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+NUM_MODES = 4
+NON_FINITE_MESSAGE = ('input contains NaN/Inf (its Gram matrices are not '
+                      'finite; finite values whose squares overflow the '
+                      'decomposition dtype are reported the same way)')
+
+
+def check_eps(eps: float) -> float:
+    """Return ``eps`` as a float; ValueError unless ``0 < eps <= 1``.
+
+    Booleans, non-real values and NaN are rejected.
+    """
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ValueError(f'eps must be a real number in (0, 1], got {eps!r} '
+                         f'of type {type(eps).__name__}')
+    value = float(eps)
+    if not 0.0 < value <= 1.0:  # also False for NaN
+        raise ValueError(f'eps must be in (0, 1], got eps={eps!r}')
+    return value
+
+
+def decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for every other floating dtype."""
+    if not dtype.is_floating_point:
+        raise TypeError(f'expected a floating-point tensor, got {dtype}')
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def explained_variance_rank(eigenvalues_desc: Tensor, eps: float) -> Tensor:
+    """Smallest ``K`` with ``cumsum(sigma^2)[K - 1] >= eps * total``.
+
+    Args:
+        eigenvalues_desc: squared singular values in descending order,
+            shape ``(..., n)``; small negative values from rounding are
+            treated as zero.
+        eps: explained-energy fraction in (0, 1].
+
+    Returns:
+        Integer (int64) tensor of shape ``(...)`` on the same device, in
+        ``[1, n]``, computed without a host synchronisation. ``eps == 1``
+        gives ``n``; an all-zero spectrum gives 1.
+    """
+    eps = check_eps(eps)
+    n = eigenvalues_desc.shape[-1]
+    if eps == 1.0:
+        return torch.full(eigenvalues_desc.shape[:-1], n, dtype=torch.long,
+                          device=eigenvalues_desc.device)
+    energy = eigenvalues_desc.clamp(min=0).cumsum(dim=-1)
+    total = energy[..., -1:]
+    num_below = (energy < eps * total).sum(dim=-1)
+    return (num_below + 1).clamp(max=n)
+
+
+def hosvd_paper_elements(shape: Sequence[int], ranks: Sequence[int]) -> int:
+    """Paper's element count ``K1*K2*K3*K4 + B*K1 + C*K2 + H*K3 + W*K4``."""
+    _check_pairs(shape, ranks)
+    return math.prod(ranks) + sum(n * k for n, k in zip(shape, ranks))
+
+
+def svd_paper_elements(shape: Sequence[int], rank: int) -> int:
+    """Paper's element count ``K * (B + C*H*W)`` of a rank-K SVD."""
+    return int(rank) * (int(shape[0]) + math.prod(shape[1:]))
+
+
+@dataclass(frozen=True)
+class TuckerFactors:
+    """Truncated Tucker decomposition ``x ~ core x1 U1 x2 U2 x3 U3 x4 U4``.
+
+    Attributes:
+        core: shape ``(K1, K2, K3, K4)``.
+        factors: ``(U1, U2, U3, U4)``, ``U_i`` of shape ``(n_i, K_i)`` with
+            orthonormal columns; each tensor owns compact storage.
+    """
+    core: Tensor
+    factors: Tuple[Tensor, Tensor, Tensor, Tensor]
+
+    @property
+    def ranks(self) -> Tuple[int, ...]:
+        """``(K1, K2, K3, K4)``."""
+        return tuple(self.core.shape)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """Shape ``(B, C, H, W)`` of the decomposed tensor."""
+        return tuple(factor.shape[0] for factor in self.factors)
+
+    def tensors(self) -> Tuple[Tensor, ...]:
+        """``(core, U1, U2, U3, U4)``."""
+        return (self.core, *self.factors)
+
+    def paper_elements(self) -> int:
+        return hosvd_paper_elements(self.shape, self.ranks)
+
+    def reconstruct(self) -> Tensor:
+        """The approximation ``(B, C, H, W)``, in the factors' dtype."""
+        return multi_mode_product(
+            self.core, {mode: factor.T for mode, factor in
+                        enumerate(self.factors)})
+
+
+@dataclass(frozen=True)
+class SVDFactors:
+    """Truncated SVD of the ``(B, C*H*W)`` reshape: ``x ~ left @ right``.
+
+    Attributes:
+        left: shape ``(B, K)``, orthonormal columns.
+        right: shape ``(K, C*H*W)``.
+        shape: ``(B, C, H, W)`` of the decomposed tensor.
+    """
+    left: Tensor
+    right: Tensor
+    shape: Tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    def tensors(self) -> Tuple[Tensor, ...]:
+        return (self.left, self.right)
+
+    def paper_elements(self) -> int:
+        return svd_paper_elements(self.shape, self.rank)
+
+    def reconstruct(self) -> Tensor:
+        """The approximation of shape ``(B, C, H, W)``."""
+        return (self.left @ self.right).reshape(self.shape)
+
+
+def hosvd(x: Tensor, eps: float) -> TuckerFactors:
+    """Truncated HOSVD of a ``(B, C, H, W)`` tensor at energy fraction ``eps``.
+
+    The input is detached; factors are float32 (float64 for float64 input).
+    Raises FloatingPointError if ``x`` contains NaN/Inf.
+    """
+    eps = check_eps(eps)
+    data = _as_decomposition_input(x)
+    grams = [mode_gram(data, mode) for mode in range(NUM_MODES)]
+    finite = torch.stack([torch.isfinite(g).all() for g in grams]).all()
+    eigenvalues, eigenvectors = _eigh_descending(
+        [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+         for g in grams])
+    ranks_and_flag = torch.stack(
+        [explained_variance_rank(values, eps) for values in eigenvalues] +
+        [finite.long()]).tolist()  # the single host synchronisation
+    *ranks, is_finite = ranks_and_flag
+    if not is_finite:
+        raise FloatingPointError(NON_FINITE_MESSAGE)
+    factors = tuple(
+        _leading_columns(vectors, rank)
+        for vectors, rank in zip(eigenvectors, ranks))
+    core = multi_mode_product(data, dict(enumerate(factors)))
+    return TuckerFactors(core=core, factors=factors)
+
+
+def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
+    """Truncated SVD of the ``(B, C*H*W)`` reshape of ``x`` at ``eps``.
+
+    Left singular vectors come from the ``B x B`` Gram matrix; ``right`` is
+    the projection ``left^T @ x_2d`` (singular values folded in). Raises
+    FloatingPointError if ``x`` contains NaN/Inf.
+    """
+    eps = check_eps(eps)
+    data = _as_decomposition_input(x)
+    matrix = data.reshape(data.shape[0], -1)
+    gram = matrix @ matrix.T
+    finite = torch.isfinite(gram).all()
+    (eigenvalues, ), (eigenvectors, ) = _eigh_descending(
+        [torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)])
+    rank, is_finite = torch.stack(
+        [explained_variance_rank(eigenvalues, eps), finite.long()]).tolist()
+    if not is_finite:
+        raise FloatingPointError(NON_FINITE_MESSAGE)
+    left = _leading_columns(eigenvectors, rank)
+    right = left.T @ matrix
+    return SVDFactors(left=left, right=right, shape=tuple(data.shape))
+
+
+def mode_gram(x: Tensor, mode: int) -> Tensor:
+    """Gram matrix ``X_(mode) @ X_(mode)^T`` of a mode unfolding, ``(n, n)``.
+
+    Few large matmuls are used when the modes before ``mode`` are small;
+    otherwise the unfolding is made contiguous once (one input-sized copy).
+    """
+    n = x.shape[mode]
+    outer = math.prod(x.shape[:mode])
+    inner = math.prod(x.shape[mode + 1:])
+    if outer == 1:
+        unfolding = x.reshape(n, inner)
+        return unfolding @ unfolding.T
+    if inner == 1:
+        unfolding_t = x.reshape(outer, n)
+        return unfolding_t.T @ unfolding_t
+    if outer <= inner:
+        slices = x.reshape(outer, n, inner)
+        return torch.bmm(slices, slices.transpose(1, 2)).sum(dim=0)
+    unfolding_t = x.movedim(mode, -1).reshape(-1, n)
+    return unfolding_t.T @ unfolding_t
+
+
+def mode_product(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:
+    """Contract ``tensor``'s ``mode`` (size n) with ``matrix`` ``(n, k)``.
+
+    Returns a contiguous tensor whose ``mode`` has size ``k``
+    (``tensor x_mode matrix^T`` in Kolda's notation).
+    """
+    shape = list(tensor.shape)
+    n, k = matrix.shape
+    outer = math.prod(shape[:mode])
+    inner = math.prod(shape[mode + 1:])
+    shape[mode] = k
+    if inner == 1:
+        return (tensor.reshape(outer, n) @ matrix).reshape(shape)
+    result = torch.matmul(matrix.T, tensor.reshape(outer, n, inner))
+    return result.reshape(shape)
+
+
+def multi_mode_product(tensor: Tensor, matrices: Dict[int, Tensor]) -> Tensor:
+    """Apply :func:`mode_product` for every ``mode: matrix`` item.
+
+    The modes are contracted in the order with the fewest multiply-adds.
+    """
+    order = cheapest_mode_order(
+        tensor.shape, {mode: m.shape[1] for mode, m in matrices.items()})
+    for mode in order:
+        tensor = mode_product(tensor, matrices[mode], mode)
+    return tensor
+
+
+def mode_chain_flops(shape: Sequence[int], new_sizes: Dict[int, int],
+                     order: Sequence[int]) -> int:
+    """FLOPs (2 per multiply-add) of successive mode products in ``order``."""
+    current = list(shape)
+    flops = 0
+    for mode in order:
+        flops += 2 * math.prod(current) * new_sizes[mode]
+        current[mode] = new_sizes[mode]
+    return flops
+
+
+def cheapest_mode_order(shape: Sequence[int],
+                        new_sizes: Dict[int, int]) -> Tuple[int, ...]:
+    """Order of the modes in ``new_sizes`` that minimises the FLOPs."""
+    return min(itertools.permutations(new_sizes),
+               key=lambda order: mode_chain_flops(shape, new_sizes, order))
+
+
+def _as_decomposition_input(x: Tensor) -> Tensor:
+    if x.dim() != NUM_MODES:
+        raise ValueError(f'expected a 4-D (B, C, H, W) tensor, got shape '
+                         f'{tuple(x.shape)}')
+    return x.detach().to(decomposition_dtype(x.dtype))
+
+
+def _eigh_descending(
+        grams: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+    """Eigenvalues (descending) and eigenvectors (ascending, as eigh gives).
+
+    Gram matrices of equal size share one batched eigh call.
+    """
+    eigenvalues: List[Tensor] = [None] * len(grams)
+    eigenvectors: List[Tensor] = [None] * len(grams)
+    by_size: Dict[int, List[int]] = {}
+    for index, gram in enumerate(grams):
+        by_size.setdefault(gram.shape[0], []).append(index)
+    for indices in by_size.values():
+        values, vectors = torch.linalg.eigh(
+            torch.stack([grams[i] for i in indices]))
+        for position, index in enumerate(indices):
+            eigenvalues[index] = values[position].flip(-1)
+            eigenvectors[index] = vectors[position]
+    return eigenvalues, eigenvectors
+
+
+def _leading_columns(eigenvectors_ascending: Tensor, rank: int) -> Tensor:
+    """The ``rank`` leading eigenvectors ``(n, rank)`` in their own storage."""
+    return eigenvectors_ascending[:, -rank:].flip(-1).contiguous()
+
+
+def _check_pairs(shape: Sequence[int], ranks: Sequence[int]) -> None:
+    if len(shape) != len(ranks):
+        raise ValueError(f'shape {tuple(shape)} and ranks {tuple(ranks)} '
+                         'have different lengths')
