@@ -1,0 +1,29 @@
+# DLV3-M: MobileNetV2 (widen 1.0, strides 1,2,2,1,1,1,1, dilations
+# 1,1,1,2,2,4,4, out_indices 1,2,4,6), ASPPHead in 320, channels 128,
+# dilations 1,12,24,36; 21 classes, no auxiliary head, no dropout, BN
+# frozen in eval mode (norm_eval). No ImageNet init: the weights come from
+# ``load_from`` (Cityscapes backbone, then calibrated).
+_base_ = 'mmseg::_base_/models/deeplabv3_r50-d8.py'
+
+norm_cfg = dict(type='BN', requires_grad=True)  # batch 8 on one GPU
+model = dict(
+    data_preprocessor=dict(size=(512, 512)),
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='MobileNetV2',
+        widen_factor=1.,
+        strides=(1, 2, 2, 1, 1, 1, 1),
+        dilations=(1, 1, 1, 2, 2, 4, 4),
+        out_indices=(1, 2, 4, 6),
+        norm_cfg=norm_cfg,
+        norm_eval=True,
+        init_cfg=None),
+    decode_head=dict(
+        in_channels=320,
+        channels=128,
+        dilations=(1, 12, 24, 36),
+        dropout_ratio=0,
+        num_classes=21,
+        norm_cfg=norm_cfg),
+    auxiliary_head=None)

@@ -1,0 +1,12 @@
+# BASE (not a runnable experiment): DLV3 fine-tuning on augmented VOC,
+# shared by its 5L and 10L setups.
+_base_ = [
+    '../../_base_/models/deeplabv3_r18-d8.py',
+    '../../_base_/datasets/voc12aug_512x512.py',
+    '../../_base_/default_runtime.py',
+    '../../_base_/schedules/finetune_20k.py',
+]
+# The last checkpoint of the calibration config
+# deeplabv3_r18-d8_calib_1xb8-1k_voc12aug-512x512.py
+# (see checkpoints.md).
+load_from = 'checkpoints/calibrated/deeplabv3_r18-d8_calib_1xb8-1k_voc12aug-512x512.pth'  # noqa

@@ -1,0 +1,14 @@
+# BASE (not a runnable experiment): UPerNet fine-tuning on augmented VOC,
+# shared by its 5L and 10L setups.
+_base_ = [
+    '../../_base_/models/upernet_r18.py',
+    '../../_base_/datasets/voc12aug_512x512.py',
+    '../../_base_/default_runtime.py',
+    '../../_base_/schedules/finetune_20k.py',
+]
+# The last checkpoint of the calibration config
+# upernet_r18_calib_1xb8-1k_voc12aug-512x512.py
+# (see checkpoints.md).
+load_from = 'checkpoints/calibrated/upernet_r18_calib_1xb8-1k_voc12aug-512x512.pth'  # noqa
+
+optim_wrapper = dict(optimizer=dict(weight_decay=1e-4))
