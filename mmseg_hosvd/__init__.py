@@ -2,11 +2,21 @@
 
 Importing this package (e.g. through a config's ``custom_imports``) makes
 ``mmseg.models`` importable without mmcv's compiled ops (see
-:mod:`mmseg_hosvd.compat.mmcv_ops`) and registers the plugin's hooks in
-mmengine's ``HOOKS`` registry.
+:mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
+registers the plugin's hooks in mmengine's ``HOOKS`` registry.
 """
 from .compat.mmcv_ops import install_mmcv_ops_fallback
 
+install_mmcv_ops_fallback()
+
+from .engine import (ActivationCompressionHook,  # noqa: E402
+                     ActivationMemoryHook, WeightsOnlyCheckpointHook)
+from .ops import CompressedConv2d, CompressionStats  # noqa: E402
+
 __version__ = '0.1.0'
 
-install_mmcv_ops_fallback()
+__all__ = [
+    'ActivationCompressionHook', 'ActivationMemoryHook',
+    'WeightsOnlyCheckpointHook', 'CompressedConv2d', 'CompressionStats',
+    '__version__'
+]

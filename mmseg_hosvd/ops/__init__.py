@@ -1,5 +1,6 @@
 """Compressed-activation convolution ops (HOSVD, SVD, Gradient Filter)."""
-from .conv import METHODS, CompressedConv2d, CompressionStats
+from .conv import (METHODS, MODULE_METHODS, VANILLA, CompressedConv2d,
+                   CompressionStats)
 from .decomposition import (SVDFactors, TuckerFactors, check_eps,
                             explained_variance_rank, hosvd,
                             hosvd_paper_elements, svd_paper_elements,
@@ -8,5 +9,6 @@ from .decomposition import (SVDFactors, TuckerFactors, check_eps,
 __all__ = [
     'check_eps', 'hosvd', 'truncated_svd', 'TuckerFactors', 'SVDFactors',
     'explained_variance_rank', 'hosvd_paper_elements', 'svd_paper_elements',
-    'CompressedConv2d', 'CompressionStats', 'METHODS'
+    'CompressedConv2d', 'CompressionStats', 'METHODS', 'MODULE_METHODS',
+    'VANILLA'
 ]

@@ -39,6 +39,11 @@ from .gradient_filter import (check_radius, filter_grad_output, filter_input,
                               keeps_exact_weight)
 
 METHODS = ('hosvd', 'svd', 'gradient_filter')
+#: the uncompressed baseline: the full input is kept (as by ``nn.Conv2d``);
+#: :class:`CompressedConv2d` only records its size.
+VANILLA = 'vanilla'
+#: what :class:`CompressedConv2d` accepts.
+MODULE_METHODS = (VANILLA, ) + METHODS
 #: how HOSVD's grad_weight is computed: chosen by FLOPs, or forced.
 WEIGHT_GRAD_PATHS = ('auto', 'factored', 'rebuilt')
 
@@ -95,10 +100,10 @@ class ConvGeometry:
         return ConvGeometry(self.stride, self.padding, self.dilation, groups)
 
 
-def check_method(method: str) -> str:
-    """Return ``method``; ValueError unless it is one of :data:`METHODS`."""
-    if method not in METHODS:
-        raise ValueError(f'method must be one of {METHODS}, got '
+def check_method(method: str, allowed: Sequence[str] = METHODS) -> str:
+    """Return ``method``; ValueError unless it is one of ``allowed``."""
+    if method not in allowed:
+        raise ValueError(f'method must be one of {tuple(allowed)}, got '
                          f'method={method!r}')
     return method
 
@@ -508,7 +513,9 @@ class CompressedConv2d(nn.Conv2d):
     is compressed (its shape is the one reported in :attr:`last_stats`).
 
     Args:
-        method: one of :data:`METHODS`.
+        method: one of :data:`MODULE_METHODS`; ``'vanilla'`` compresses
+            nothing (the plain conv keeps its full input) and only records
+            its size in :attr:`last_stats`.
         eps: HOSVD/SVD explained-energy fraction in (0, 1].
         radius: Gradient Filter patch radius, int >= 1.
         name: module path, used in error messages.
@@ -542,7 +549,7 @@ class CompressedConv2d(nn.Conv2d):
                  eps: float = 0.8,
                  radius: int = 2,
                  name: str = '') -> None:
-        check_method(method)
+        check_method(method, MODULE_METHODS)
         check_eps(eps)
         check_radius(radius)
         super().__init__(in_channels, out_channels, kernel_size, stride,
@@ -560,7 +567,7 @@ class CompressedConv2d(nn.Conv2d):
 
     @method.setter
     def method(self, value: str) -> None:
-        self._method = check_method(value)
+        self._method = check_method(value, MODULE_METHODS)
 
     @property
     def eps(self) -> float:
@@ -634,6 +641,14 @@ class CompressedConv2d(nn.Conv2d):
         if input.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
             return self._conv_forward(input.unsqueeze(0), weight,
                                       bias).squeeze(0)
+        if self.method == VANILLA:
+            self.last_stats = CompressionStats(
+                method=VANILLA,
+                input_shape=tuple(input.shape),
+                paper_elements=input.numel(),
+                kept_bytes=storage_bytes([input]),
+                ranks=())
+            return super()._conv_forward(input, weight, bias)
         padded_input, padding = self._explicitly_padded(input)
         geometry = ConvGeometry(_pair(self.stride), padding,
                                 _pair(self.dilation), self.groups)

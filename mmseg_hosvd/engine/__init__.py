@@ -1,0 +1,8 @@
+from .checkpoint_hook import WeightsOnlyCheckpointHook
+from .compression_hook import ActivationCompressionHook
+from .memory_hook import ActivationMemoryHook
+
+__all__ = [
+    'ActivationCompressionHook', 'ActivationMemoryHook',
+    'WeightsOnlyCheckpointHook'
+]

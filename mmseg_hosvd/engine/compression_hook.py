@@ -1,0 +1,163 @@
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+from torch.nn.parallel import DistributedDataParallel
+
+from ..ops import MODULE_METHODS, VANILLA, CompressedConv2d, check_eps
+from ..ops.gradient_filter import check_radius
+from ..surgery import (apply_freeze, batch_norms, check_trainable,
+                       classifier_paths, conv_execution_order, freeze_all_but,
+                       install_compression, last_conv_paths, optional_list,
+                       resolve_layers, set_norm_eval,
+                       trainable_parameter_names)
+
+LayerEntry = Union[str, dict]
+
+
+@HOOKS.register_module()
+class ActivationCompressionHook(Hook):
+    """Freeze a model, keep its BN layers in eval mode and compress the saved
+    inputs of its trainable convs.
+
+    Runs in ``before_run``, i.e. after the runner built the optimizer and
+    wrapped the model, and before ``load_from``/``--resume``: convs are
+    replaced by :class:`~mmseg_hosvd.ops.CompressedConv2d` s sharing the same
+    Parameter objects, so the optimizer, DDP and state-dict keys are
+    unaffected.
+
+    Args:
+        method: ``'vanilla'`` (freezing only; the listed layers are counted,
+            not compressed), ``'gradient_filter'``, ``'svd'`` or ``'hosvd'``.
+        eps: explained-variance threshold in (0, 1] for ``svd``/``hosvd``.
+        radius: Gradient Filter patch size (>= 1).
+        layers: module paths to compress: an ``nn.Conv2d``, a ``ConvModule``
+            (its ``.conv``) or a ResNet ``BasicBlock`` (``conv1`` and
+            ``conv2``); an entry may be ``dict(path=..., eps=..., radius=...)``
+            to override ``eps``/``radius`` for that layer.
+        num_layers: instead of ``layers`` and ``freeze``: train and compress
+            the ``num_layers`` convs nearest the loss in forward execution
+            order (found by tracing one forward pass); everything else is
+            frozen except the classifier ``conv_seg`` (trained, never
+            compressed).
+        freeze: module paths frozen in order; ``'~path'`` unfreezes.
+        norm_eval: keep every BatchNorm layer in eval mode while training
+            (running statistics frozen), as mmseg's ``norm_eval`` does for
+            backbones; mmseg 1.x decode heads have no such option.
+        trace_size: (H, W) of the dummy input traced for ``num_layers``.
+    """
+
+    priority = 'VERY_HIGH'
+
+    def __init__(self,
+                 method: str = 'hosvd',
+                 eps: float = 0.8,
+                 radius: int = 2,
+                 layers: Optional[Sequence[LayerEntry]] = None,
+                 num_layers: Optional[int] = None,
+                 freeze: Optional[Sequence[str]] = None,
+                 norm_eval: bool = True,
+                 trace_size: Tuple[int, int] = (64, 64)) -> None:
+        if method not in MODULE_METHODS:
+            raise ValueError(f'method: unknown method {method!r}; expected '
+                             f'one of {MODULE_METHODS}')
+        self.method = method
+        self.eps = check_eps(eps)
+        self.radius = check_radius(radius)
+        self.layers = optional_list(layers, 'layers')
+        self.freeze = optional_list(freeze, 'freeze')
+        if num_layers is not None:
+            if self.layers:
+                raise ValueError('layers and num_layers are exclusive: give '
+                                 'explicit layers or num_layers, not both')
+            if self.freeze:
+                raise ValueError('freeze and num_layers are exclusive: '
+                                 'num_layers freezes all but the last convs')
+        for index, entry in enumerate(self.layers):
+            if not isinstance(entry, dict):
+                continue
+            try:
+                if 'eps' in entry:
+                    check_eps(entry['eps'])
+                if 'radius' in entry:
+                    check_radius(entry['radius'])
+            except ValueError as error:
+                raise ValueError(f'layers[{index}]: {error}') from None
+        self.num_layers = num_layers
+        if num_layers is not None and (isinstance(num_layers, bool)
+                                       or not isinstance(num_layers, int)
+                                       or num_layers < 1):
+            raise ValueError(
+                f'num_layers: expected an int >= 1, got {num_layers!r}')
+        self.norm_eval = norm_eval
+        self.trace_size = tuple(trace_size)
+        self.compressed_paths: List[str] = []
+        self._norms = []
+
+    def before_run(self, runner) -> None:
+        self._check_ddp(runner.model)
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        installed = self.install(model)
+        trainable = trainable_parameter_names(model)
+        runner.logger.info(
+            f'{type(self).__name__}: method={self.method}, '
+            f'{len(installed)} conv(s) '
+            f'{"counted" if self.method == VANILLA else "compressed"}: '
+            f'{", ".join(installed)}; {len(trainable)} trainable '
+            f'parameter tensor(s); BN eval: {self.norm_eval}')
+
+    def install(self, model: nn.Module) -> Dict[str, CompressedConv2d]:
+        """Freeze ``model`` (unwrapped) and install the compressed convs;
+        return them by conv path. ``before_run`` calls this; benchmarks may
+        call it on a bare model."""
+        if self.num_layers is not None:
+            order = conv_execution_order(model,
+                                         lambda: self._trace_forward(model))
+            layers = last_conv_paths(order, self.num_layers)
+            freeze_all_but(model, layers + classifier_paths(model))
+        else:
+            layers = self.layers
+            apply_freeze(model, self.freeze)
+        specs = resolve_layers(model, layers, self.eps, self.radius)
+        check_trainable(model, specs)
+        installed = install_compression(model, specs, self.method)
+        self.compressed_paths = list(installed)
+        self._norms = batch_norms(model) if self.norm_eval else []
+        return installed
+
+    def set_norm_eval(self) -> None:
+        """Put the model's BN layers back in eval mode (``norm_eval``)."""
+        set_norm_eval(self._norms)
+
+    def before_train_iter(self,
+                          runner,
+                          batch_idx: int,
+                          data_batch=None) -> None:
+        # the train loop calls model.train() before every iteration
+        self.set_norm_eval()
+
+    def _trace_forward(self, model: torch.nn.Module) -> None:
+        param = next(model.parameters())
+        inputs = torch.zeros(1, 3, *self.trace_size, device=param.device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(inputs, mode='tensor')
+        finally:
+            model.train(was_training)
+
+    @staticmethod
+    def _check_ddp(wrapped: torch.nn.Module) -> None:
+        if isinstance(wrapped, DistributedDataParallel) and \
+                not wrapped.find_unused_parameters:
+            raise ValueError(
+                'model_wrapper_cfg: the model is wrapped by DDP with '
+                'find_unused_parameters=False, but the frozen parameters '
+                'receive no gradient; set model_wrapper_cfg=dict('
+                "type='MMDistributedDataParallel', "
+                'find_unused_parameters=True)')

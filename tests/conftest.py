@@ -1,0 +1,95 @@
+"""Shared fixtures: a generated tiny VOC tree and tiny-run config overrides."""
+import copy
+import os.path as osp
+import sys
+from typing import Optional
+
+import pytest
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(REPO, 'tools'))
+
+import mmseg_hosvd  # noqa: E402,F401  (fallback for mmcv.ops, hooks)
+from make_tiny_voc import make_tiny_voc  # noqa: E402
+
+CONFIGS = osp.join(REPO, 'configs')
+TINY_CROP = (64, 64)
+
+
+@pytest.fixture(scope='session')
+def tiny_voc(tmp_path_factory) -> str:
+    """A generated VOC-layout tree: 8 train and 4 val images of 80x80."""
+    root = str(tmp_path_factory.mktemp('tiny_voc'))
+    return make_tiny_voc(root, num_train=8, num_val=4, size=80)
+
+
+def tiny_pipelines(crop=TINY_CROP):
+    train = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations'),
+        dict(type='RandomCrop', crop_size=crop),
+        dict(type='PackSegInputs'),
+    ]
+    test = [
+        dict(type='LoadImageFromFile'),
+        dict(type='Resize', scale=crop, keep_ratio=False),
+        dict(type='LoadAnnotations'),
+        dict(type='PackSegInputs'),
+    ]
+    return train, test
+
+
+def tiny_run_cfg(cfg,
+                 work_dir: str,
+                 data_root: str,
+                 max_iters: int = 2,
+                 batch_size: int = 2,
+                 val: bool = True,
+                 checkpoint_interval: Optional[int] = None):
+    """Shrink a real config to a CPU-sized run on the tiny dataset: data,
+    crop, iterations and logging change; model, hooks and optimizer stay."""
+    cfg = copy.deepcopy(cfg)
+    train_pipeline, test_pipeline = tiny_pipelines()
+    dataset = dict(
+        type='PascalVOCDataset',
+        data_root=data_root,
+        data_prefix=dict(img_path='JPEGImages',
+                         seg_map_path='SegmentationClass'))
+    cfg.train_dataloader = dict(
+        batch_size=batch_size,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type='InfiniteSampler', shuffle=False),
+        dataset=dict(dataset, ann_file='ImageSets/Segmentation/train.txt',
+                     pipeline=train_pipeline))
+    val_loader = dict(
+        batch_size=1,
+        num_workers=0,
+        persistent_workers=False,
+        sampler=dict(type='DefaultSampler', shuffle=False),
+        dataset=dict(dataset, ann_file='ImageSets/Segmentation/val.txt',
+                     pipeline=test_pipeline))
+    cfg.val_dataloader = val_loader
+    cfg.test_dataloader = val_loader
+    cfg.model.data_preprocessor.size = TINY_CROP
+    cfg.train_cfg = dict(
+        type='IterBasedTrainLoop',
+        max_iters=max_iters,
+        val_interval=max_iters if val else max_iters + 1)
+    if not val:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.work_dir = work_dir
+    cfg.load_from = None
+    cfg.resume = False
+    cfg.log_level = 'WARNING'
+    cfg.default_hooks.logger = dict(
+        type='LoggerHook', interval=1, log_metric_by_epoch=False)
+    cfg.default_hooks.checkpoint = dict(
+        type='CheckpointHook',
+        by_epoch=False,
+        interval=checkpoint_interval or max_iters + 1,
+        save_last=checkpoint_interval is not None)
+    cfg.default_hooks.visualization = dict(type='SegVisualizationHook')
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    cfg.env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
+    return cfg

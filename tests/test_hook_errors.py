@@ -1,0 +1,56 @@
+"""Bad hook configuration fails before training, naming the key and value."""
+import os.path as osp
+
+import pytest
+from mmengine.config import Config
+from mmengine.registry import HOOKS
+from mmengine.runner import Runner
+
+from conftest import CONFIGS, tiny_run_cfg
+
+DEMO = osp.join(CONFIGS, 'demo', 'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(method='tucker'), "method: unknown method 'tucker'"),
+    (dict(eps=0.0), 'eps'),
+    (dict(eps=1.5), 'eps'),
+    (dict(eps=float('nan')), 'eps'),
+    (dict(radius=0), 'radius must be an int >= 1, got radius=0'),
+    (dict(layers='backbone'), "layers: expected a list, got 'backbone'"),
+    (dict(layers=['a'], num_layers=3), 'layers and num_layers are exclusive'),
+    (dict(freeze=['a'], num_layers=3), 'freeze and num_layers are exclusive'),
+    (dict(num_layers=0), 'num_layers: expected an int >= 1, got 0'),
+    (dict(layers=[dict(path='a', eps=2.0)]),
+     r'layers\[0\]: eps must be in \(0, 1\], got eps=2.0'),
+])
+def test_bad_arguments_fail_when_the_hook_is_built(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HOOKS.build(dict(type='ActivationCompressionHook', **kwargs))
+
+
+def _runner_with_hook(tmp_path, tiny_voc, **hook):
+    cfg = tiny_run_cfg(Config.fromfile(DEMO), str(tmp_path), tiny_voc)
+    cfg.custom_hooks = [dict(type='ActivationCompressionHook', **hook)]
+    return Runner.from_cfg(cfg)
+
+
+@pytest.mark.parametrize('hook, message', [
+    (dict(layers=['decode_head.nope']),
+     "layers\\[0\\]: path 'decode_head.nope' does not exist"),
+    (dict(layers=['decode_head.convs']),
+     "'decode_head.convs' is a Sequential, not an nn.Conv2d"),
+    (dict(layers=['decode_head.conv_cat', 'decode_head.conv_cat.conv']),
+     "'decode_head.conv_cat.conv'.*already listed"),
+    (dict(freeze=['backbone'], layers=['backbone.layer4.1']),
+     "'backbone.layer4.1' is listed as compressed but its conv "
+     "'backbone.layer4.1.conv1' is frozen"),
+    (dict(freeze=['backbone.layer9']), "freeze: path 'backbone.layer9'"),
+    (dict(num_layers=10_000), 'num_layers=10000 but the model runs only'),
+])
+def test_bad_layers_fail_before_the_first_iteration(tmp_path, tiny_voc, hook,
+                                                    message):
+    runner = _runner_with_hook(tmp_path, tiny_voc, **hook)
+    with pytest.raises(ValueError, match=message):
+        runner.train()
+    assert runner.iter == 0
