@@ -350,7 +350,7 @@ def test_non_finite_input_names_the_layer(method, bad_value):
 
 @pytest.mark.parametrize('kwargs, key', [
     ({'method': 'tucker'}, 'method'),
-    ({'method': 'vanilla'}, 'method'),
+    ({'method': 'Vanilla'}, 'method'),
     ({'eps': 0.0}, 'eps'),
     ({'eps': 1.5}, 'eps'),
     ({'eps': float('nan')}, 'eps'),
@@ -564,3 +564,20 @@ def test_autocast_bfloat16(method):
     if method != 'gradient_filter':  # exact at eps = 1 up to bf16 rounding
         for a, e in zip(actual, expected):
             assert relative_error(a, e) < HALF_TOLERANCE[torch.bfloat16]
+
+
+def test_vanilla_is_the_plain_conv_and_records_the_full_input():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    vanilla = CompressedConv2d.from_conv(conv, 'vanilla', name='v')
+    x = torch.randn(2, 4, 9, 11, requires_grad=True)
+    out = vanilla(x)
+    torch.testing.assert_close(out, conv(x))
+    stats = vanilla.last_stats
+    assert stats.method == 'vanilla' and stats.ranks == ()
+    assert stats.paper_elements == x.numel()
+    assert stats.kept_bytes == x.numel() * 4 == stats.paper_bytes
+    grad_vanilla = torch.autograd.grad(out.sum(), (x, conv.weight))
+    grad_plain = torch.autograd.grad(conv(x).sum(), (x, conv.weight))
+    for got, want in zip(grad_vanilla, grad_plain):
+        torch.testing.assert_close(got, want)
