@@ -306,3 +306,29 @@ def test_hosvd_never_calls_svd_and_syncs_once(monkeypatch):
     with pytest.raises(FloatingPointError):
         hosvd(x, 0.7)
     assert calls['sync'] == 1
+
+
+@pytest.mark.parametrize('failures', [1, 2])
+def test_eigh_convergence_failure_falls_back_to_the_same_factors(
+        monkeypatch, failures):
+    """LAPACK eigh can fail to converge (seen on MobileNetV2 activations with
+    hundreds of dead channels); the fallbacks give the same decomposition."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(4, 24, 6, 7))
+    x[:, :10] = 0  # dead channels: many repeated zero eigenvalues
+    expected = hosvd(x, 0.9)
+    real_eigh = torch.linalg.eigh
+    calls = []
+
+    def flaky_eigh(matrix, *args, **kwargs):
+        calls.append(matrix.dtype)
+        if len(calls) <= failures:
+            raise torch.linalg.LinAlgError('failed to converge (simulated)')
+        return real_eigh(matrix, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, 'eigh', flaky_eigh)
+    got = hosvd(x, 0.9)
+    assert got.ranks == expected.ranks
+    torch.testing.assert_close(got.reconstruct(), expected.reconstruct(),
+                               atol=1e-5, rtol=1e-4)
+    assert torch.float64 in calls

@@ -278,6 +278,28 @@ def _as_decomposition_input(x: Tensor) -> Tensor:
     return x.detach().to(decomposition_dtype(x.dtype))
 
 
+def symmetric_eigh(grams: Tensor) -> Tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` of a batch of PSD Gram matrices ``(..., n, n)``:
+    eigenvalues ascending, eigenvectors as columns, in ``grams.dtype``.
+
+    LAPACK's divide-and-conquer eigh can fail to converge on Grams with many
+    repeated eigenvalues at a tiny scale (seen on MobileNetV2 activations
+    with hundreds of dead channels, values ~1e-8). Such a batch is solved
+    again in float64; should that fail too, by an SVD of the (small) Gram,
+    whose singular vectors are its eigenvectors since it is PSD.
+    """
+    try:
+        return torch.linalg.eigh(grams)
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        values, vectors = torch.linalg.eigh(grams.double())
+    except torch.linalg.LinAlgError:
+        vectors, values, _ = torch.linalg.svd(grams.double())
+        values, vectors = values.flip(-1), vectors.flip(-1)
+    return values.to(grams.dtype), vectors.to(grams.dtype)
+
+
 def _eigh_descending(
         grams: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
     """Eigenvalues (descending) and eigenvectors (ascending, as eigh gives).
@@ -290,7 +312,7 @@ def _eigh_descending(
     for index, gram in enumerate(grams):
         by_size.setdefault(gram.shape[0], []).append(index)
     for indices in by_size.values():
-        values, vectors = torch.linalg.eigh(
+        values, vectors = symmetric_eigh(
             torch.stack([grams[i] for i in indices]))
         for position, index in enumerate(indices):
             eigenvalues[index] = values[position].flip(-1)
