@@ -11,18 +11,23 @@ knows nothing about runners or hooks. Layer paths are module paths as in
 
 Installing compression replaces each conv by a :class:`CompressedConv2d`
 that shares the *same* Parameter objects, so parameter names, state-dict
-keys and the optimizer's references are unchanged.
+keys and the optimizer's references are unchanged. The installed convs of a
+model share one :class:`~mmseg_hosvd.ops.CompressionContext` (a plain
+attribute of each conv): an input read by several of them is decomposed
+once, and the ``asi`` method keeps its per-layer state there
+(:func:`compression_state_dict` / :func:`load_compression_state_dict` move
+it in and out of checkpoints).
 """
 from dataclasses import dataclass
-from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Any, Callable, Dict, Iterable, List, Optional,
+                    Sequence, Tuple, Union)
 
 import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmseg.models.backbones.resnet import BasicBlock
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .ops import CompressedConv2d
+from .ops import CompressedConv2d, CompressionContext, SubspaceTracker
 
 CLASSIFIER_NAME = 'conv_seg'
 
@@ -180,11 +185,28 @@ def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def install_compression(model: nn.Module, specs: Sequence[LayerSpec],
-                        method: str) -> Dict[str, CompressedConv2d]:
+def install_compression(model: nn.Module,
+                        specs: Sequence[LayerSpec],
+                        method: str,
+                        share_inputs: bool = True,
+                        subspaces: Optional[SubspaceTracker] = None
+                        ) -> Dict[str, CompressedConv2d]:
     """Replace each listed conv by a :class:`CompressedConv2d` sharing its
     Parameters; return them by conv path. ``vanilla`` installs convs that
-    compress nothing but still record the paper's memory count."""
+    compress nothing but still record the paper's memory count.
+
+    All installed convs get one new :class:`~mmseg_hosvd.ops.
+    CompressionContext`; a forward hook on ``model`` clears its cache of
+    decompositions after every forward, so no entry outlives the forward.
+
+    Args:
+        share_inputs: decompose an input read by several installed convs
+            once (same method and eps); False decomposes per conv.
+        subspaces: the ``asi`` state (ranks rule, budget, seed); a default
+            :class:`~mmseg_hosvd.ops.SubspaceTracker` if None.
+    """
+    context = CompressionContext(share_inputs=share_inputs,
+                                 subspaces=subspaces)
     installed = {}
     for spec in specs:
         for conv_path in spec.conv_paths:
@@ -197,9 +219,43 @@ def install_compression(model: nn.Module, specs: Sequence[LayerSpec],
                 conv, method, eps=spec.eps, radius=spec.radius,
                 name=conv_path)
             compressed.train(conv.training)
+            compressed.context = context
             _replace_module(model, conv_path, compressed)
             installed[conv_path] = compressed
+    if installed and share_inputs:
+        context.hook_handle = model.register_forward_hook(
+            lambda module, args, output: context.clear())
     return installed
+
+
+def compression_context(model: nn.Module) -> Optional[CompressionContext]:
+    """The context shared by the installed convs of ``model`` (None if no
+    conv is installed); ValueError if they do not share one."""
+    contexts = {id(c.context): c.context
+                for c in compressed_convs(model).values()}
+    if len(contexts) > 1:
+        raise ValueError(f'the compressed convs of {type(model).__name__} '
+                         f'use {len(contexts)} different contexts')
+    return next(iter(contexts.values()), None)
+
+
+def compression_state_dict(model: nn.Module) -> Dict[str, Any]:
+    """The compression state of ``model`` (``asi`` ranks and bases), tensors
+    only, as nested dicts; ``{}`` without installed convs."""
+    context = compression_context(model)
+    return {} if context is None else context.state_dict()
+
+
+def load_compression_state_dict(model: nn.Module,
+                                state: Dict[str, Any]) -> None:
+    """Restore :func:`compression_state_dict` output; the tensors go to the
+    device of the first installed conv."""
+    context = compression_context(model)
+    if context is None:
+        raise ValueError('load_compression_state_dict: the model has no '
+                         'installed compressed conv')
+    device = next(iter(compressed_convs(model).values())).weight.device
+    context.load_state_dict(state, device=device)
 
 
 def remove_compression(model: nn.Module) -> int:
@@ -209,6 +265,9 @@ def remove_compression(model: nn.Module) -> int:
         if isinstance(module, CompressedConv2d)
     ]
     for path in paths:
+        handle = model.get_submodule(path).context.hook_handle
+        if handle is not None:
+            handle.remove()
         _replace_module(model, path, model.get_submodule(path).to_conv())
     return len(paths)
 

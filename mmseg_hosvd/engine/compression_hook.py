@@ -7,15 +7,20 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from torch.nn.parallel import DistributedDataParallel
 
-from ..ops import MODULE_METHODS, VANILLA, CompressedConv2d, check_eps
+from ..ops import (ASI, MODULE_METHODS, VANILLA, CompressedConv2d,
+                   SubspaceTracker, check_eps)
 from ..ops.gradient_filter import check_radius
 from ..surgery import (apply_freeze, batch_norms, check_trainable,
-                       classifier_paths, conv_execution_order, freeze_all_but,
-                       install_compression, last_conv_paths, optional_list,
+                       classifier_paths, compression_state_dict,
+                       conv_execution_order, freeze_all_but,
+                       install_compression, last_conv_paths,
+                       load_compression_state_dict, optional_list,
                        resolve_layers, set_norm_eval,
                        trainable_parameter_names)
 
 LayerEntry = Union[str, dict]
+#: key of the compression state (``asi`` ranks and bases) in checkpoints
+CHECKPOINT_KEY = 'compression_state'
 
 
 @HOOKS.register_module()
@@ -29,10 +34,28 @@ class ActivationCompressionHook(Hook):
     Parameter objects, so the optimizer, DDP and state-dict keys are
     unaffected.
 
+    The ``asi`` state (per-layer ranks and bases, plain attributes, not in
+    ``state_dict``) goes into every checkpoint as ``checkpoint[
+    'compression_state']`` (tensors only) and is restored from it on
+    ``--resume`` / ``load_from``.
+
     Args:
         method: ``'vanilla'`` (freezing only; the listed layers are counted,
-            not compressed), ``'gradient_filter'``, ``'svd'`` or ``'hosvd'``.
-        eps: explained-variance threshold in (0, 1] for ``svd``/``hosvd``.
+            not compressed), ``'gradient_filter'``, ``'svd'``, ``'hosvd'`` or
+            ``'asi'`` (Activation Subspace Iteration: fixed ranks, one
+            warm-started subspace-iteration step per training step).
+        eps: explained-variance threshold in (0, 1] for ``svd``/``hosvd``;
+            for ``asi`` the rank rule of each layer's first step.
+        budget_mib: ``asi`` only: instead of ``eps``, allocate the ranks of
+            all layers under this total memory (MiB of fp32 factors and
+            cores), by a knapsack over per-layer (ranks, error) choices made
+            from the first step's spectra; the first step uses ``eps``.
+        seed: ``asi`` only: seed of the random starting bases (a
+            :class:`torch.Generator` per layer; the global RNG is untouched).
+        init: ``asi`` only: ``'random'`` bases, or ``'hosvd'`` (the exact
+            factors of the first step).
+        share_inputs: decompose an input read by several compressed convs
+            (e.g. DeepLabV3's ASPP branches) once.
         radius: Gradient Filter patch size (>= 1).
         layers: module paths to compress: an ``nn.Conv2d``, a ``ConvModule``
             (its ``.conv``) or a ResNet ``BasicBlock`` (``conv1`` and
@@ -60,10 +83,23 @@ class ActivationCompressionHook(Hook):
                  num_layers: Optional[int] = None,
                  freeze: Optional[Sequence[str]] = None,
                  norm_eval: bool = True,
-                 trace_size: Tuple[int, int] = (64, 64)) -> None:
+                 trace_size: Tuple[int, int] = (64, 64),
+                 budget_mib: Optional[float] = None,
+                 seed: int = 0,
+                 init: str = 'random',
+                 share_inputs: bool = True) -> None:
         if method not in MODULE_METHODS:
             raise ValueError(f'method: unknown method {method!r}; expected '
                              f'one of {MODULE_METHODS}')
+        if budget_mib is not None and method != ASI:
+            raise ValueError(f'budget_mib is for method={ASI!r}, got '
+                             f'method={method!r}')
+        # validates budget_mib, seed and init
+        SubspaceTracker(budget_mib=budget_mib, seed=seed, init=init)
+        self.budget_mib = budget_mib
+        self.seed = seed
+        self.init = init
+        self.share_inputs = share_inputs
         self.method = method
         self.eps = check_eps(eps)
         self.radius = check_radius(radius)
@@ -124,7 +160,11 @@ class ActivationCompressionHook(Hook):
             apply_freeze(model, self.freeze)
         specs = resolve_layers(model, layers, self.eps, self.radius)
         check_trainable(model, specs)
-        installed = install_compression(model, specs, self.method)
+        subspaces = SubspaceTracker(budget_mib=self.budget_mib,
+                                    seed=self.seed, init=self.init)
+        installed = install_compression(model, specs, self.method,
+                                        share_inputs=self.share_inputs,
+                                        subspaces=subspaces)
         self.compressed_paths = list(installed)
         self._norms = batch_norms(model) if self.norm_eval else []
         return installed
@@ -132,6 +172,32 @@ class ActivationCompressionHook(Hook):
     def set_norm_eval(self) -> None:
         """Put the model's BN layers back in eval mode (``norm_eval``)."""
         set_norm_eval(self._norms)
+
+    def state_dict(self, model: nn.Module) -> dict:
+        """The compression state of ``model`` (unwrapped): tensors only."""
+        return compression_state_dict(model)
+
+    def load_state_dict(self, model: nn.Module, state: dict) -> None:
+        load_compression_state_dict(model, state)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = self.state_dict(self._unwrap(runner.model))
+        if any(state.values()):
+            checkpoint[CHECKPOINT_KEY] = state
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        state = checkpoint.get(CHECKPOINT_KEY)
+        if not state or self.method != ASI or not self.compressed_paths:
+            return
+        self.load_state_dict(self._unwrap(runner.model), state)
+        runner.logger.info(
+            f'{type(self).__name__}: asi state of '
+            f'{len(state.get("asi", {}))} layer(s) restored from the '
+            'checkpoint')
+
+    @staticmethod
+    def _unwrap(model: nn.Module) -> nn.Module:
+        return model.module if is_model_wrapper(model) else model
 
     def before_train_iter(self,
                           runner,

@@ -10,16 +10,23 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..ops import CompressionStats
+from ..ops import CompressionStats, distinct_kept_bytes
 from ..surgery import compressed_convs
 
 MIB = 2**20
 
 
 def total_mib(stats: Dict[str, CompressionStats]) -> Tuple[float, float]:
-    """(paper-count MiB, really kept MiB) summed over layers."""
+    """(paper-count MiB, really kept MiB) summed over layers.
+
+    The paper count adds every layer's count (an input shared by several
+    convs counts once per conv, as in the paper); the kept MiB count each
+    storage once (:func:`~mmseg_hosvd.ops.distinct_kept_bytes`), so factors
+    shared by several convs (or a vanilla input read by several convs) are
+    not counted twice.
+    """
     return (sum(s.paper_bytes for s in stats.values()) / MIB,
-            sum(s.kept_bytes for s in stats.values()) / MIB)
+            distinct_kept_bytes(list(stats.values())) / MIB)
 
 
 @dataclass
@@ -88,7 +95,8 @@ class ActivationMemoryHook(Hook):
     backend, e.g. TensorBoard):
 
     * ``act_mem_mib``: the paper's count, fp32, MiB = 2**20 bytes;
-    * ``act_kept_mib``: bytes the layers really keep for backward, in MiB;
+    * ``act_kept_mib``: bytes the layers really keep for backward, in MiB
+      (each storage once: factors shared by several convs count once);
     * per layer (``per_layer=True``): ``act_mem_mib/<conv path>``,
       ``act_kept_mib/<conv path>`` and ``rank/<conv path>/<mode>``.
 

@@ -13,6 +13,13 @@ Methods (:data:`METHODS`):
 * ``'gradient_filter'``: the patch-summed input and kernel-summed weight are
   kept; grad_weight and grad_input are the Gradient Filter approximations,
   grad_bias is exact.
+* ``'asi'`` (module only, it has per-layer state): Tucker factors from one
+  warm-started subspace-iteration step with fixed ranks
+  (:mod:`.subspace_iteration`); backward as ``'hosvd'``.
+
+Inside a model, the :class:`CompressedConv2d` s share one
+:class:`~.context.CompressionContext`: an input read by several of them is
+decomposed once and the same factor tensors are saved by each.
 
 The forward output is always the exact ``F.conv2d``. HOSVD/SVD raise
 :class:`FloatingPointError` naming the layer when the input has NaN/Inf
@@ -31,6 +38,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
+from .context import CompressionContext
 from .decomposition import (SVDFactors, TuckerFactors, check_eps,
                             cheapest_mode_order, hosvd, mode_chain_flops,
                             multi_mode_product, truncated_svd)
@@ -38,12 +46,18 @@ from .gradient_filter import (check_radius, filter_grad_output, filter_input,
                               filtered_input_grad, filtered_weight_grad,
                               keeps_exact_weight)
 
+#: stateless methods of :func:`compressed_conv2d`.
 METHODS = ('hosvd', 'svd', 'gradient_filter')
 #: the uncompressed baseline: the full input is kept (as by ``nn.Conv2d``);
 #: :class:`CompressedConv2d` only records its size.
 VANILLA = 'vanilla'
+#: Activation Subspace Iteration: stateful, :class:`CompressedConv2d` only
+#: (or :func:`compressed_conv2d` with precomputed ``factors``).
+ASI = 'asi'
+#: methods that keep low-rank factors (Tucker or SVD) of the input.
+LOW_RANK_METHODS = ('hosvd', 'svd', ASI)
 #: what :class:`CompressedConv2d` accepts.
-MODULE_METHODS = (VANILLA, ) + METHODS
+MODULE_METHODS = (VANILLA, ) + METHODS + (ASI, )
 #: how HOSVD's grad_weight is computed: chosen by FLOPs, or forced.
 WEIGHT_GRAD_PATHS = ('auto', 'factored', 'rebuilt')
 
@@ -64,14 +78,22 @@ class CompressionStats:
         kept_bytes: bytes really kept from the activation: the untyped
             storages of the saved compressed tensors, each counted once
             (weight-derived tensors are not counted).
-        ranks: HOSVD ``(K1, K2, K3, K4)``, SVD ``(K,)``, Gradient Filter
-            ``()``.
+        ranks: HOSVD/ASI ``(K1, K2, K3, K4)``, SVD ``(K,)``, Gradient
+            Filter ``()``.
+        storage_keys: ``(device, data_ptr, nbytes)`` of each storage counted
+            in ``kept_bytes``: several convs that save the same storages
+            (a shared input's factors) show them each, and totals over
+            layers count each key once (:func:`distinct_kept_bytes`).
+        reused: the factors were computed by another conv that read the
+            same input (see :class:`~.context.DecompositionCache`).
     """
     method: str
     input_shape: Tuple[int, ...]
     paper_elements: int
     kept_bytes: int
     ranks: Tuple[int, ...] = ()
+    storage_keys: Tuple[Tuple[str, int, int], ...] = ()
+    reused: bool = False
 
     @property
     def paper_bytes(self) -> int:
@@ -115,6 +137,31 @@ def storage_bytes(tensors: Sequence[Tensor]) -> int:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
+
+
+def storage_keys(tensors: Sequence[Tensor]) -> Tuple[Tuple[str, int, int],
+                                                     ...]:
+    """``(device, data_ptr, nbytes)`` of the distinct untyped storages
+    behind ``tensors`` (their nbytes add up to :func:`storage_bytes`)."""
+    keys = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr(), storage.nbytes())
+        keys[key[:2]] = key
+    return tuple(keys.values())
+
+
+def distinct_kept_bytes(stats: Sequence['CompressionStats']) -> int:
+    """Total ``kept_bytes`` of ``stats`` with each storage counted once
+    (stats without ``storage_keys`` count their ``kept_bytes`` as is)."""
+    keys = {}
+    loose = 0
+    for item in stats:
+        if not item.storage_keys:
+            loose += item.kept_bytes
+        for key in item.storage_keys:
+            keys[key[:2]] = key[2]
+    return loose + sum(keys.values())
 
 
 # ---------------------------------------------------------------------------
@@ -313,7 +360,7 @@ class _LowRankConv2dFunction(Function):
 def _low_rank_weight_grad(spec: _LowRankSpec, factor_tensors: Sequence[Tensor],
                           grad_output: Tensor,
                           weight_shape: Sequence[int]) -> Tensor:
-    if spec.method == 'hosvd':
+    if spec.method in ('hosvd', ASI):
         core, *factors = factor_tensors
         tucker = TuckerFactors(core=core, factors=tuple(factors))
         return hosvd_weight_grad(tucker, grad_output, weight_shape,
@@ -388,7 +435,9 @@ def compressed_conv2d(input: Tensor,
                       eps: float = 0.8,
                       radius: int = 2,
                       name: str = '',
-                      weight_grad_path: str = 'auto'
+                      weight_grad_path: str = 'auto',
+                      factors: Optional[Union[TuckerFactors,
+                                              SVDFactors]] = None
                       ) -> Tuple[Tensor, CompressionStats]:
     """``F.conv2d`` whose saved input is compressed by ``method``.
 
@@ -396,11 +445,14 @@ def compressed_conv2d(input: Tensor,
         input: ``(B, C, H, W)``; never saved for backward.
         weight: ``(Cout, C/groups, kh, kw)``; saved (for grad_input).
         geometry: stride, symmetric padding, dilation, groups.
-        method: one of :data:`METHODS`.
+        method: one of :data:`METHODS`, or ``'asi'`` with ``factors``.
         eps: HOSVD/SVD explained-energy fraction in (0, 1].
         radius: Gradient Filter patch radius (int >= 1).
         name: layer name used in error messages.
-        weight_grad_path: HOSVD only, see :data:`WEIGHT_GRAD_PATHS`.
+        weight_grad_path: HOSVD/ASI only, see :data:`WEIGHT_GRAD_PATHS`.
+        factors: low-rank methods only: factors of ``input`` computed
+            beforehand (Tucker for hosvd/asi, SVD for svd), saved instead
+            of decomposing ``input`` here.
 
     Returns:
         The exact conv output and the :class:`CompressionStats` of the call.
@@ -408,7 +460,13 @@ def compressed_conv2d(input: Tensor,
     Raises:
         FloatingPointError: HOSVD/SVD input with NaN/Inf (names ``name``).
     """
-    check_method(method)
+    check_method(method, METHODS + (ASI, ))
+    if method == ASI and factors is None:
+        raise ValueError("method='asi' keeps per-layer state: use "
+                         'CompressedConv2d, or pass its factors')
+    if factors is not None and method not in LOW_RANK_METHODS:
+        raise ValueError(f'factors are for {LOW_RANK_METHODS}, not '
+                         f'method={method!r}')
     if input.dim() != 4:
         raise ValueError(f'expected a 4-D (B, C, H, W) input, got shape '
                          f'{tuple(input.shape)}')
@@ -418,7 +476,7 @@ def compressed_conv2d(input: Tensor,
             return _gradient_filter_conv2d(input, weight, bias, geometry,
                                            check_radius(radius))
         return _low_rank_conv2d(input, weight, bias, geometry, method, eps,
-                                name, weight_grad_path)
+                                name, weight_grad_path, factors)
 
 
 def _autocast_arguments(
@@ -442,21 +500,36 @@ def _autocast_arguments(
     return cast(input), cast(weight), cast(bias)
 
 
-def _low_rank_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor],
-                     geometry: ConvGeometry, method: str, eps: float,
-                     name: str, weight_grad_path: str
+def _low_rank_conv2d(input: Tensor,
+                     weight: Tensor,
+                     bias: Optional[Tensor],
+                     geometry: ConvGeometry,
+                     method: str,
+                     eps: float,
+                     name: str,
+                     weight_grad_path: str,
+                     factors: Optional[Union[TuckerFactors,
+                                             SVDFactors]] = None,
+                     reused: bool = False
                      ) -> Tuple[Tensor, CompressionStats]:
-    factors = _decompose(method, input.detach(), eps, name)
+    if factors is None:
+        factors = _decompose(method, input.detach(), eps, name)
     input_shape = tuple(input.shape)
+    if tuple(factors.shape) != input_shape:
+        raise ValueError(f'factors of shape {tuple(factors.shape)} for an '
+                         f'input of shape {input_shape}')
     spec = _LowRankSpec(method, geometry, input_shape, weight_grad_path)
     output = _LowRankConv2dFunction.apply(input, weight, bias, spec,
                                           *factors.tensors())
-    ranks = factors.ranks if method == 'hosvd' else (factors.rank, )
+    ranks = factors.ranks if isinstance(factors, TuckerFactors) else (
+        factors.rank, )
     stats = CompressionStats(method=method,
                              input_shape=input_shape,
                              paper_elements=factors.paper_elements(),
                              kept_bytes=storage_bytes(factors.tensors()),
-                             ranks=tuple(ranks))
+                             ranks=tuple(ranks),
+                             storage_keys=storage_keys(factors.tensors()),
+                             reused=reused)
     return output, stats
 
 
@@ -488,7 +561,8 @@ def _gradient_filter_conv2d(input: Tensor, weight: Tensor,
                              input_shape=tuple(input.shape),
                              paper_elements=input_sum.numel(),
                              kept_bytes=storage_bytes([input_sum]),
-                             ranks=())
+                             ranks=(),
+                             storage_keys=storage_keys([input_sum]))
     return output, stats
 
 
@@ -515,21 +589,29 @@ class CompressedConv2d(nn.Conv2d):
     Args:
         method: one of :data:`MODULE_METHODS`; ``'vanilla'`` compresses
             nothing (the plain conv keeps its full input) and only records
-            its size in :attr:`last_stats`.
-        eps: HOSVD/SVD explained-energy fraction in (0, 1].
+            its size in :attr:`last_stats`; ``'asi'`` keeps its per-layer
+            ranks and bases in :attr:`context` under :attr:`name`.
+        eps: HOSVD/SVD explained-energy fraction in (0, 1] (ASI: the rank
+            rule of the first step, unless the context's tracker has a
+            memory budget).
         radius: Gradient Filter patch radius, int >= 1.
-        name: module path, used in error messages.
+        name: module path, used in error messages (and as the ASI state key).
         Other arguments: as ``nn.Conv2d``.
 
-    Under autocast the arguments are cast as autocast casts ``F.conv2d``'s.
+    Under autocast the arguments are cast as autocast casts ``F.conv2d``'s;
+    decompositions run in float32.
 
     Attributes:
         last_stats: :class:`CompressionStats` of the latest compressed call
             (None before).
+        context: :class:`~.context.CompressionContext`: the module's own
+            until :func:`~mmseg_hosvd.surgery.install_compression` gives all
+            convs of a model one shared context (input sharing, ASI state).
 
     Raises:
-        FloatingPointError: in forward, for HOSVD/SVD, when the input
-            contains NaN/Inf; the message names :attr:`name`.
+        FloatingPointError: in forward, for HOSVD/SVD (ASI: on its first
+            step), when the input contains NaN/Inf; the message names
+            :attr:`name`.
     """
 
     def __init__(self,
@@ -560,6 +642,10 @@ class CompressedConv2d(nn.Conv2d):
         self.radius = radius
         self.name = name
         self.last_stats: Optional[CompressionStats] = None
+        #: shared with the other compressed convs of a model by
+        #: :func:`~mmseg_hosvd.surgery.install_compression`; a plain
+        #: attribute (nothing enters ``state_dict``).
+        self.context = CompressionContext(share_inputs=False)
 
     @property
     def method(self) -> str:
@@ -647,11 +733,17 @@ class CompressedConv2d(nn.Conv2d):
                 input_shape=tuple(input.shape),
                 paper_elements=input.numel(),
                 kept_bytes=storage_bytes([input]),
-                ranks=())
+                ranks=(),
+                storage_keys=storage_keys([input]))
             return super()._conv_forward(input, weight, bias)
         padded_input, padding = self._explicitly_padded(input)
         geometry = ConvGeometry(_pair(self.stride), padding,
                                 _pair(self.dilation), self.groups)
+        if self.method in LOW_RANK_METHODS:
+            output, stats = self._low_rank_forward(padded_input, weight, bias,
+                                                   geometry)
+            self.last_stats = stats
+            return output
         output, stats = compressed_conv2d(padded_input,
                                           weight,
                                           bias,
@@ -662,6 +754,45 @@ class CompressedConv2d(nn.Conv2d):
                                           name=self.name)
         self.last_stats = stats
         return output
+
+    def _low_rank_forward(self, input: Tensor, weight: Tensor,
+                          bias: Optional[Tensor], geometry: ConvGeometry
+                          ) -> Tuple[Tensor, CompressionStats]:
+        """HOSVD/SVD/ASI: factors from the context's cache when another conv
+        already decomposed this very input with the same settings, else
+        decomposed here (and cached)."""
+        if input.dim() != 4:
+            raise ValueError(f'expected a 4-D (B, C, H, W) input, got shape '
+                             f'{tuple(input.shape)}')
+        cast_input, weight, bias = _autocast_arguments(input, weight, bias)
+        context = self.context
+        cache = context.cache
+        config = (self.method, self.eps, cast_input.dtype)
+        found = cache.get(input, config) if cache is not None else None
+        with torch.autocast(input.device.type, enabled=False):
+            if found is not None:
+                factors, owner = found
+                context.aliases[self.name] = owner
+            else:
+                factors = self._decompose(cast_input.detach())
+                if cache is not None:
+                    cache.put(input, config, factors, self.name)
+            return _low_rank_conv2d(cast_input, weight, bias, geometry,
+                                    self.method, self.eps, self.name, 'auto',
+                                    factors=factors,
+                                    reused=found is not None)
+
+    def _decompose(self, activation: Tensor
+                   ) -> Union[TuckerFactors, SVDFactors]:
+        if self.method != ASI:
+            return _decompose(self.method, activation, self.eps, self.name)
+        try:
+            return self.context.subspaces.decompose(self.name, activation,
+                                                    self.eps)
+        except FloatingPointError as error:
+            raise FloatingPointError(
+                f'CompressedConv2d {self.name!r} (method={self.method!r}): '
+                f'{error}') from error
 
     def _explicitly_padded(self, input: Tensor) -> Tuple[Tensor, Pair]:
         """The input to compress and the symmetric padding left to the conv."""
