@@ -92,5 +92,8 @@ def tiny_run_cfg(cfg,
         save_last=checkpoint_interval is not None)
     cfg.default_hooks.visualization = dict(type='SegVisualizationHook')
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
+    # mmengine keeps one visualizer instance per name and process: give
+    # each run its own, or a later run writes to an earlier run's backends
+    cfg.visualizer.name = f'visualizer:{work_dir}'
     cfg.env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
     return cfg
