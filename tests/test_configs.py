@@ -1,4 +1,5 @@
-"""The paper's configs: 72 fine-tuning leaves and 6 calibration configs.
+"""The paper's configs: 84 fine-tuning leaves (72 of the paper's methods, 12
+ASI) and 6 calibration configs.
 
 Every runnable config under ``configs/`` (not ``_base_`` folders, not
 ``configs/demo``) is parsed; one model per (model, setup) is built and the
@@ -62,6 +63,7 @@ METHODS = {
     'svd-eps0.9': ('svd', 0.9),
     'hosvd-eps0.8': ('hosvd', 0.8),
     'hosvd-eps0.9': ('hosvd', 0.9),
+    'asi-eps0.8': ('asi', 0.8),
 }
 
 # PAPER_SETUP.md, "Which layers": (freeze, [(compressed path, radius)]).
@@ -253,7 +255,7 @@ def test_inventory():
     found = set(runnable_configs())
     leaves = {leaf_path(*leaf) for leaf in LEAVES}
     calibs = {calib_path(m) for m in MODELS_}
-    assert len(leaves) == 72 and len(calibs) == 6
+    assert len(leaves) == 84 and len(calibs) == 6
     assert found == leaves | calibs, (
         f'missing: {sorted(leaves | calibs - found)}; '
         f'unexpected: {sorted(found - leaves - calibs)}')
