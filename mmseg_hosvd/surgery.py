@@ -28,6 +28,7 @@ from mmseg.models.backbones.resnet import BasicBlock
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .ops import CompressedConv2d, CompressionContext, SubspaceTracker
+from .ops.context import ClearAfterForward
 
 CLASSIFIER_NAME = 'conv_seg'
 
@@ -224,7 +225,7 @@ def install_compression(model: nn.Module,
             installed[conv_path] = compressed
     if installed and share_inputs:
         context.hook_handle = model.register_forward_hook(
-            lambda module, args, output: context.clear())
+            ClearAfterForward(context))
     return installed
 
 

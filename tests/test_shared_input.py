@@ -272,3 +272,17 @@ def test_compressed_conv_state_dict_has_no_extra_keys():
     grads(model, smooth_input(), steps=1)
     assert set(model.state_dict()) == set(TinyASPP().state_dict())
     assert all(isinstance(c, CompressedConv2d) for c in installed.values())
+
+
+def test_model_with_installed_compression_pickles_and_deep_copies():
+    import copy
+    import pickle
+    model, _ = build('asi', True)
+    grads(model, smooth_input(), steps=1)
+    clone = pickle.loads(pickle.dumps(model))
+    assert compression_context(clone).subspaces.layers.keys() == \
+        compression_context(model).subspaces.layers.keys()
+    copied = copy.deepcopy(model)
+    out = copied(smooth_input().requires_grad_())
+    assert len(compression_context(copied).cache) == 0
+    out.sum().backward()

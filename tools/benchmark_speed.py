@@ -62,7 +62,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
-from mmseg_hosvd.ops import (CompressedConv2d, hosvd,  # noqa: E402
+from mmseg_hosvd.ops import (distinct_kept_bytes, hosvd,  # noqa: E402
                              subspace_iteration_step)
 from mmseg_hosvd.ops.decomposition import (  # noqa: E402
     explained_variance_rank, multi_mode_product)
@@ -479,7 +479,6 @@ def print_step_table(contenders: List[Contender], args) -> None:
         paired = statistics.median(
             s / v for s, v in zip(c.times['step'], vanilla.times['step']))
         stats = list(c.last_stats.values())
-        from mmseg_hosvd.ops import distinct_kept_bytes
         kept = distinct_kept_bytes(stats) / MIB if stats else float('nan')
         name = c.method + (f' (eps {args.eps:g})'
                            if c.method in EPS_METHODS else '')

@@ -119,9 +119,26 @@ class CompressionContext:
         if self.cache is not None:
             self.cache.clear()
 
+    def __getstate__(self) -> dict:  # the hook handle is not carried over
+        state = dict(self.__dict__)
+        state['hook_handle'] = None
+        return state
+
     def state_dict(self) -> Dict[str, Any]:
         """Tensors only: ``{'asi': SubspaceTracker.state_dict()}``."""
         return {'asi': self.subspaces.state_dict()}
 
     def load_state_dict(self, state: Dict[str, Any], device=None) -> None:
         self.subspaces.load_state_dict(state.get('asi', {}), device=device)
+
+
+class ClearAfterForward:
+    """Forward hook (``module.register_forward_hook``) that clears a
+    context's cache after the module's forward; a class rather than a
+    closure so that a model carrying it still pickles."""
+
+    def __init__(self, context: CompressionContext) -> None:
+        self.context = context
+
+    def __call__(self, module, args, output) -> None:
+        self.context.clear()

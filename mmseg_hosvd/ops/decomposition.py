@@ -161,22 +161,179 @@ def hosvd(x: Tensor, eps: float) -> TuckerFactors:
     """
     eps = check_eps(eps)
     data = _as_decomposition_input(x)
-    grams = [mode_gram(data, mode) for mode in range(NUM_MODES)]
-    finite = torch.stack([torch.isfinite(g).all() for g in grams]).all()
-    eigenvalues, eigenvectors = _eigh_descending(
-        [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-         for g in grams])
-    ranks_and_flag = torch.stack(
-        [explained_variance_rank(values, eps) for values in eigenvalues] +
-        [finite.long()]).tolist()  # the single host synchronisation
-    *ranks, is_finite = ranks_and_flag
-    if not is_finite:
-        raise FloatingPointError(NON_FINITE_MESSAGE)
-    factors = tuple(
-        _leading_columns(vectors, rank)
-        for vectors, rank in zip(eigenvectors, ranks))
+    _, _, factors = truncated_mode_bases(data, eps)
     core = multi_mode_product(data, dict(enumerate(factors)))
     return TuckerFactors(core=core, factors=factors)
+
+
+#: Grams at least this large get their leading eigenvectors by subspace
+#: iteration on the Gram (their eigenvalues, hence the ranks, still come
+#: exactly from ``eigvalsh``); smaller ones by a full ``eigh``
+PARTIAL_EIGH_MIN = 512
+#: target accuracy (sine of the largest principal angle) of those vectors,
+#: float32; float64 inputs use 1e-12
+PARTIAL_TOLERANCE = 1e-6
+#: more iterations than this (slow spectral decay) -> full ``eigh`` instead
+PARTIAL_MAX_ITERS = 60
+
+
+def truncated_mode_bases(data: Tensor, eps: float
+                         ) -> Tuple[List[Tensor], List[int],
+                                    Tuple[Tensor, ...]]:
+    """Mode spectra, ranks and leading left singular vectors of ``data``.
+
+    Per mode: the Gram (or the dual Gram, :func:`uses_dual_gram`) and its
+    eigenvalues; the eps rule gives the rank ``K``. Small Grams give their
+    vectors by a full ``eigh``. Large ones (:data:`PARTIAL_EIGH_MIN`) only
+    need ``K`` leading eigenvectors: ``eigvalsh`` gives the exact spectrum,
+    from which the decay ratio ``rho = lambda_p / lambda_K`` of a block of
+    ``p = 2K + 8`` vectors fixes the number of subspace iterations that
+    bring them within :data:`PARTIAL_TOLERANCE` of the eigenvectors
+    (``rho^iters <= tol / sqrt(n)`` from a seeded random start), followed by
+    a Rayleigh-Ritz step; where that would need more than
+    :data:`PARTIAL_MAX_ITERS` iterations, or ``iters * p > n`` (then a full
+    ``eigh`` costs fewer FLOPs), a full ``eigh``. The ranks, the
+    finiteness flag and those iteration counts reach the host in one
+    ``tolist()``.
+
+    Args:
+        data: ``(B, C, H, W)`` float32/float64, detached.
+
+    Returns:
+        Eigenvalues (descending; a dual Gram's list is shorter, the missing
+        ones are zero), ranks ``(K1..K4)`` and bases ``(U1..U4)``.
+
+    Raises:
+        FloatingPointError: non-finite Grams.
+    """
+    duals = [uses_dual_gram(data.shape, mode, eps)
+             for mode in range(NUM_MODES)]
+    grams = [dual_mode_gram(data, mode) if dual else mode_gram(data, mode)
+             for mode, dual in enumerate(duals)]
+    finite = torch.stack([torch.isfinite(g).all() for g in grams]).all()
+    grams = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+             for g in grams]
+    partial = [g.shape[0] >= PARTIAL_EIGH_MIN for g in grams]
+    eigenvalues, eigenvectors = _eigh_descending(
+        [g for g, p in zip(grams, partial) if not p])
+    values_iter, vectors_iter = iter(eigenvalues), iter(eigenvectors)
+    values, vectors = [], []
+    for gram, is_partial in zip(grams, partial):
+        if is_partial:
+            values.append(symmetric_eigvalsh(gram).flip(-1))
+            vectors.append(None)
+        else:
+            values.append(next(values_iter))
+            vectors.append(next(vectors_iter))
+    ranks = [explained_variance_rank(v, eps) for v in values]
+    tolerance = PARTIAL_TOLERANCE if data.dtype != torch.float64 else 1e-12
+    plans = [
+        _subspace_iterations(v, rank, tolerance) if is_partial else
+        torch.zeros((), dtype=torch.long, device=data.device)
+        for v, rank, is_partial in zip(values, ranks, partial)
+    ]
+    *synced, is_finite = torch.stack(
+        ranks + plans + [finite.long()]).tolist()  # the one host sync
+    if not is_finite:
+        raise FloatingPointError(NON_FINITE_MESSAGE)
+    ranks, plans = synced[:NUM_MODES], synced[NUM_MODES:]
+    bases = []
+    for mode, (gram, rank, plan, ascending, dual) in enumerate(
+            zip(grams, ranks, plans, vectors, duals)):
+        if ascending is not None:
+            leading = ascending[:, -rank:].flip(-1)
+        elif 0 < plan <= PARTIAL_MAX_ITERS:
+            leading = _leading_eigenvectors(gram, rank, plan)
+        else:
+            leading = symmetric_eigh(gram[None])[1][0][:, -rank:].flip(-1)
+        bases.append(_mode_basis(data, mode, leading, dual))
+    return values, ranks, tuple(bases)
+
+
+def _block_size(n: int, rank: int) -> int:
+    return min(n, 2 * rank + 8)
+
+
+def _subspace_iterations(values_desc: Tensor, rank: Tensor,
+                         tolerance: float) -> Tensor:
+    """Iterations (0-dim long tensor, no sync) for a block of
+    :func:`_block_size` vectors to converge on the ``rank`` leading
+    eigenvectors; ``PARTIAL_MAX_ITERS + 1`` when too slow."""
+    n = values_desc.shape[-1]
+    block = torch.clamp(2 * rank + 8, max=n)
+    values = values_desc.clamp(min=0).to(torch.float64)
+    kth = values[rank - 1]
+    beyond = torch.where(block < n, values[torch.clamp(block, max=n - 1)],
+                         torch.zeros_like(kth))
+    ratio = torch.where(kth > 0, beyond / kth.clamp(min=1e-300),
+                        torch.zeros_like(kth))
+    needed = math.log(tolerance / math.sqrt(n))
+    iters = torch.ceil(needed / torch.log(ratio.clamp(min=1e-30)))
+    iters = iters.clamp(min=2)
+    # a full eigh (~n^3) is cheaper than iters * 2 n^2 block FLOPs here
+    too_slow = (ratio >= 1.0) | (iters * block > n)
+    iters = torch.where(too_slow, torch.full_like(iters,
+                                                  PARTIAL_MAX_ITERS + 1),
+                        iters)
+    return iters.clamp(max=PARTIAL_MAX_ITERS + 1).long()
+
+
+def _leading_eigenvectors(gram: Tensor, rank: int, iters: int) -> Tensor:
+    """``rank`` leading eigenvectors ``(n, rank)`` (descending) of a PSD
+    ``gram``: ``iters`` subspace iterations on a block of
+    :func:`_block_size` columns from a seeded random start (its own
+    generator), then Rayleigh-Ritz."""
+    n = gram.shape[0]
+    block = _block_size(n, rank)
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(n, block, generator=generator, dtype=gram.dtype)
+    basis = torch.linalg.qr(start.to(gram.device)).Q
+    for _ in range(iters):
+        basis = torch.linalg.qr(gram @ basis).Q
+    projected = basis.T @ (gram @ basis)
+    _, rotation = symmetric_eigh((projected + projected.T)[None] / 2)
+    return basis @ rotation[0][:, -rank:].flip(-1)
+
+
+def symmetric_eigvalsh(gram: Tensor) -> Tensor:
+    """Eigenvalues (ascending) of a PSD ``gram``, with the fallbacks of
+    :func:`symmetric_eigh` (float64, then singular values)."""
+    try:
+        return torch.linalg.eigvalsh(gram)
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        return torch.linalg.eigvalsh(gram.double()).to(gram.dtype)
+    except torch.linalg.LinAlgError:
+        return torch.linalg.svdvals(gram.double()).flip(-1).to(gram.dtype)
+
+
+def _mode_basis(data: Tensor, mode: int, leading: Tensor,
+                dual: bool) -> Tensor:
+    """Leading eigenvectors of the mode Gram ``(n, K)`` in their own
+    storage; for a dual Gram, ``X v_i`` orthonormalised (QR: those columns
+    are orthogonal with norms ``sigma_i``)."""
+    if not dual:
+        return leading.contiguous()
+    unfolding = data.movedim(mode, 0).reshape(data.shape[mode], -1)
+    return torch.linalg.qr(unfolding @ leading).Q.contiguous()
+
+
+def uses_dual_gram(shape: Sequence[int], mode: int, eps: float) -> bool:
+    """Whether mode ``mode`` is larger than the product of the others (e.g.
+    2560 channels at 8x8 in UPerNet's PSP bottleneck, batch 8): its
+    eigenvectors then come from the smaller *dual* Gram ``X^T X`` (same
+    non-zero eigenvalues). Not for ``eps == 1``, which keeps the whole
+    mode (more vectors than the dual has)."""
+    size = shape[mode]
+    return eps < 1.0 and math.prod(shape) < size * size
+
+
+def dual_mode_gram(x: Tensor, mode: int) -> Tensor:
+    """``X_(mode)^T @ X_(mode)`` ``(m, m)``, ``m = numel / n`` (one copy of
+    the unfolding, which is small when this is used)."""
+    unfolding = x.movedim(mode, 0).reshape(x.shape[mode], -1)
+    return unfolding.T @ unfolding
 
 
 def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
@@ -202,26 +359,53 @@ def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
     return SVDFactors(left=left, right=right, shape=tuple(data.shape))
 
 
+#: a mode of at least this size has its Gram's self-products split in two
+#: row blocks: the Gram is symmetric, so 3 of its 4 blocks are computed
+SYMMETRIC_BLOCK_MIN = 256
+#: elements of each piece when an unfolding must be copied to be multiplied
+COPY_CHUNK_ELEMENTS = 2**20
+
+
 def mode_gram(x: Tensor, mode: int) -> Tensor:
     """Gram matrix ``X_(mode) @ X_(mode)^T`` of a mode unfolding, ``(n, n)``.
 
-    Few large matmuls are used when the modes before ``mode`` are small;
-    otherwise the unfolding is made contiguous once (one input-sized copy).
+    No copy of ``x`` when the modes before ``mode`` are small or ``mode`` is
+    the last one; otherwise (e.g. the height mode) the unfolding is copied
+    in pieces of :data:`COPY_CHUNK_ELEMENTS` elements and their products
+    accumulated, so no input-sized copy is ever made. Large modes (channels)
+    compute three of the four blocks of the symmetric result.
     """
     n = x.shape[mode]
     outer = math.prod(x.shape[:mode])
     inner = math.prod(x.shape[mode + 1:])
-    if outer == 1:
-        unfolding = x.reshape(n, inner)
-        return unfolding @ unfolding.T
     if inner == 1:
         unfolding_t = x.reshape(outer, n)
         return unfolding_t.T @ unfolding_t
+    slices = x.reshape(outer, n, inner)
     if outer <= inner:
-        slices = x.reshape(outer, n, inner)
+        return _summed_self_products(slices)
+    rows = max(1, COPY_CHUNK_ELEMENTS // (n * inner))
+    gram = x.new_zeros(n, n)
+    for chunk in slices.split(rows):
+        piece = chunk.transpose(1, 2).reshape(-1, n)
+        gram.addmm_(piece.T, piece)
+    return gram
+
+
+def _summed_self_products(slices: Tensor) -> Tensor:
+    """``sum_o S_o @ S_o^T`` of ``slices`` ``(outer, n, inner)``."""
+    n = slices.shape[1]
+    if n < SYMMETRIC_BLOCK_MIN:
         return torch.bmm(slices, slices.transpose(1, 2)).sum(dim=0)
-    unfolding_t = x.movedim(mode, -1).reshape(-1, n)
-    return unfolding_t.T @ unfolding_t
+    half = (n + 1) // 2
+    top, bottom = slices[:, :half], slices[:, half:]
+    gram = slices.new_empty(n, n)
+    gram[:half, :half] = torch.bmm(top, top.transpose(1, 2)).sum(dim=0)
+    upper = torch.bmm(top, bottom.transpose(1, 2)).sum(dim=0)
+    gram[:half, half:] = upper
+    gram[half:, :half] = upper.T
+    gram[half:, half:] = torch.bmm(bottom, bottom.transpose(1, 2)).sum(dim=0)
+    return gram
 
 
 def mode_product(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:

@@ -37,11 +37,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .decomposition import (NUM_MODES, TuckerFactors, _as_decomposition_input,
-                            _eigh_descending, _leading_columns, check_eps,
-                            explained_variance_rank, mode_gram,
+from .decomposition import (NUM_MODES, TuckerFactors,
+                            _as_decomposition_input, check_eps, mode_gram,
                             mode_product, multi_mode_product,
-                            NON_FINITE_MESSAGE)
+                            truncated_mode_bases)
 from .rank_budget import DEFAULT_EPS_GRID, allocate_hosvd_ranks
 
 #: how the bases of a layer start on its first step
@@ -144,17 +143,6 @@ def subspace_iteration_step(x: Tensor,
     return TuckerFactors(core=core, factors=tuple(new_bases))
 
 
-def mode_spectra(x: Tensor) -> Tuple[List[Tensor], List[Tensor], Tensor]:
-    """Eigenvalues (descending) and eigenvectors (ascending, as ``eigh``) of
-    the four mode Gram matrices of ``x`` (float32, float64 kept), and a
-    0-dim bool tensor: whether those Grams are finite (non-finite entries
-    are zeroed before ``eigh``)."""
-    data = _as_decomposition_input(x)
-    grams = [mode_gram(data, mode) for mode in range(NUM_MODES)]
-    finite = torch.stack([torch.isfinite(g).all() for g in grams]).all()
-    values, vectors = _eigh_descending(
-        [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grams])
-    return values, vectors, finite
 
 
 def resize_basis(basis: Tensor, rank: int,
@@ -260,20 +248,12 @@ class SubspaceTracker:
 
     def _first_step(self, name: str, x: Tensor, eps: float) -> TuckerFactors:
         data = _as_decomposition_input(x)
-        eigenvalues, eigenvectors, finite = mode_spectra(data)
-        ranks_and_flag = torch.stack(
-            [explained_variance_rank(v, eps) for v in eigenvalues] +
-            [finite.long()]).tolist()  # one host sync
-        *ranks, finite = ranks_and_flag
-        if not finite:
-            raise FloatingPointError(NON_FINITE_MESSAGE)
+        eigenvalues, ranks, bases = truncated_mode_bases(data, eps)
         layer = LayerSubspace(ranks=tuple(ranks))
         if self.budget_mib is not None:
             layer.spectra = [v.detach().cpu() for v in eigenvalues]
         self.layers[name] = layer
         if self.init == 'hosvd':
-            bases = [_leading_columns(vectors, rank)
-                     for vectors, rank in zip(eigenvectors, ranks)]
             core = multi_mode_product(data, dict(enumerate(bases)))
             factors = TuckerFactors(core=core, factors=tuple(bases))
         else:
