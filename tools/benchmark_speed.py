@@ -41,10 +41,8 @@ Without ``--checkpoint`` the weights are random; without ``--data-root`` the
 images are smooth random noise and the labels random (seeded).
 """
 import argparse
-import contextlib
 import copy
 import gc
-import logging
 import math
 import os
 import os.path as osp
@@ -62,6 +60,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
+from benchmark_memory import eps_value, positive_int, quiet_logger  # noqa: E402,E501
 from mmseg_hosvd.ops import (distinct_kept_bytes, hosvd,  # noqa: E402
                              subspace_iteration_step)
 from mmseg_hosvd.ops.decomposition import (  # noqa: E402
@@ -86,28 +85,6 @@ EPS_METHODS = ('svd', 'hosvd', 'asi')
 # ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f'expected an integer >= 1, got {text!r}')
-    return value
-
-
-def eps_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float('nan')
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f'eps must be in (0, 1], got {text!r}')
-    return value
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
@@ -185,18 +162,6 @@ def load_config(model: str, setup: str, crop: Tuple[int, int]):
     cfg = Config.fromfile(path)
     cfg.model.data_preprocessor.size = tuple(crop)
     return cfg, path
-
-
-@contextlib.contextmanager
-def quiet_logger(level: int = logging.WARNING):
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    old = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
 
 
 def build_model(cfg, checkpoint: Optional[str], seed: int,
