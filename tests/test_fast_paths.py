@@ -142,3 +142,27 @@ def test_partial_eigensolver_falls_back_on_a_flat_spectrum(monkeypatch):
     assert fast.ranks == plain.ranks
     u, v = fast.factors[1], plain.factors[1]
     torch.testing.assert_close(u @ u.T, v @ v.T, rtol=0, atol=1e-8)
+
+
+def test_lapack_runs_single_threaded_and_restores_the_thread_count(
+        monkeypatch):
+    threads = torch.get_num_threads()
+    seen = []
+    real = torch.linalg.eigh
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, 'eigh', spy)
+    torch.set_num_threads(2)
+    try:
+        hosvd(torch.randn(2, 6, 5, 4), 0.8)
+        assert seen and set(seen) == {1}
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with decomposition.single_threaded_lapack(torch.device('cpu')):
+                raise RuntimeError('restored on errors too')
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -17,6 +17,7 @@ Pure PyTorch math, no mmengine/mmseg imports. Conventions:
 
 Element counts are numbers of tensor elements; byte counts are bytes.
 """
+import contextlib
 import itertools
 import math
 import numbers
@@ -287,9 +288,10 @@ def _leading_eigenvectors(gram: Tensor, rank: int, iters: int) -> Tensor:
     block = _block_size(n, rank)
     generator = torch.Generator().manual_seed(0)
     start = torch.randn(n, block, generator=generator, dtype=gram.dtype)
-    basis = torch.linalg.qr(start.to(gram.device)).Q
-    for _ in range(iters):
-        basis = torch.linalg.qr(gram @ basis).Q
+    with single_threaded_lapack(gram.device):
+        basis = torch.linalg.qr(start.to(gram.device)).Q
+        for _ in range(iters):
+            basis = torch.linalg.qr(gram @ basis).Q
     projected = basis.T @ (gram @ basis)
     _, rotation = symmetric_eigh((projected + projected.T)[None] / 2)
     return basis @ rotation[0][:, -rank:].flip(-1)
@@ -297,15 +299,18 @@ def _leading_eigenvectors(gram: Tensor, rank: int, iters: int) -> Tensor:
 
 def symmetric_eigvalsh(gram: Tensor) -> Tensor:
     """Eigenvalues (ascending) of a PSD ``gram``, with the fallbacks of
-    :func:`symmetric_eigh` (float64, then singular values)."""
-    try:
-        return torch.linalg.eigvalsh(gram)
-    except torch.linalg.LinAlgError:
-        pass
-    try:
-        return torch.linalg.eigvalsh(gram.double()).to(gram.dtype)
-    except torch.linalg.LinAlgError:
-        return torch.linalg.svdvals(gram.double()).flip(-1).to(gram.dtype)
+    :func:`symmetric_eigh` (float64, then singular values), on one thread
+    (:func:`single_threaded_lapack`)."""
+    with single_threaded_lapack(gram.device):
+        try:
+            return torch.linalg.eigvalsh(gram)
+        except torch.linalg.LinAlgError:
+            pass
+        try:
+            return torch.linalg.eigvalsh(gram.double()).to(gram.dtype)
+        except torch.linalg.LinAlgError:
+            return torch.linalg.svdvals(gram.double()).flip(-1).to(
+                gram.dtype)
 
 
 def _mode_basis(data: Tensor, mode: int, leading: Tensor,
@@ -316,7 +321,9 @@ def _mode_basis(data: Tensor, mode: int, leading: Tensor,
     if not dual:
         return leading.contiguous()
     unfolding = data.movedim(mode, 0).reshape(data.shape[mode], -1)
-    return torch.linalg.qr(unfolding @ leading).Q.contiguous()
+    product = unfolding @ leading
+    with single_threaded_lapack(data.device):
+        return torch.linalg.qr(product).Q.contiguous()
 
 
 def uses_dual_gram(shape: Sequence[int], mode: int, eps: float) -> bool:
@@ -462,6 +469,30 @@ def _as_decomposition_input(x: Tensor) -> Tensor:
     return x.detach().to(decomposition_dtype(x.dtype))
 
 
+@contextlib.contextmanager
+def single_threaded_lapack(device: torch.device):
+    """Run the enclosed CPU LAPACK calls (eigh, eigvalsh, QR) on one thread.
+
+    MKL's multi-threaded symmetric eigensolvers synchronise their threads
+    at many fine-grained barriers; when the CPU is shared with other
+    processes a descheduled thread stalls each of them: the same 640 x 640
+    Gram took 27 ms or 8.6 s (``eigvalsh``, 2 threads, load ~4 on 2 cores).
+    On one thread they cannot stall that way, and the matrices here are
+    small enough that little parallel speed is lost. The thread count is
+    restored on exit (a scoped setting, nothing persists); other devices
+    are left alone.
+    """
+    threads = torch.get_num_threads()
+    if torch.device(device).type != 'cpu' or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def symmetric_eigh(grams: Tensor) -> Tuple[Tensor, Tensor]:
     """``torch.linalg.eigh`` of a batch of PSD Gram matrices ``(..., n, n)``:
     eigenvalues ascending, eigenvectors as columns, in ``grams.dtype``.
@@ -470,17 +501,19 @@ def symmetric_eigh(grams: Tensor) -> Tuple[Tensor, Tensor]:
     repeated eigenvalues at a tiny scale (seen on MobileNetV2 activations
     with hundreds of dead channels, values ~1e-8). Such a batch is solved
     again in float64; should that fail too, by an SVD of the (small) Gram,
-    whose singular vectors are its eigenvectors since it is PSD.
+    whose singular vectors are its eigenvectors since it is PSD. Runs
+    under :func:`single_threaded_lapack`.
     """
-    try:
-        return torch.linalg.eigh(grams)
-    except torch.linalg.LinAlgError:
-        pass
-    try:
-        values, vectors = torch.linalg.eigh(grams.double())
-    except torch.linalg.LinAlgError:
-        vectors, values, _ = torch.linalg.svd(grams.double())
-        values, vectors = values.flip(-1), vectors.flip(-1)
+    with single_threaded_lapack(grams.device):
+        try:
+            return torch.linalg.eigh(grams)
+        except torch.linalg.LinAlgError:
+            pass
+        try:
+            values, vectors = torch.linalg.eigh(grams.double())
+        except torch.linalg.LinAlgError:
+            vectors, values, _ = torch.linalg.svd(grams.double())
+            values, vectors = values.flip(-1), vectors.flip(-1)
     return values.to(grams.dtype), vectors.to(grams.dtype)
 
 

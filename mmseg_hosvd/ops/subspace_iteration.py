@@ -40,7 +40,7 @@ from torch import Tensor
 from .decomposition import (NUM_MODES, TuckerFactors,
                             _as_decomposition_input, check_eps, mode_gram,
                             mode_product, multi_mode_product,
-                            truncated_mode_bases)
+                            single_threaded_lapack, truncated_mode_bases)
 from .rank_budget import DEFAULT_EPS_GRID, allocate_hosvd_ranks
 
 #: how the bases of a layer start on its first step
@@ -57,14 +57,17 @@ def random_orthonormal(rows: int, cols: int, generator: torch.Generator,
     """``(rows, cols)`` with orthonormal columns from ``generator`` (on the
     CPU; the result is moved to ``device``)."""
     sample = torch.randn(rows, cols, generator=generator, dtype=dtype)
-    basis = torch.linalg.qr(sample).Q
+    with single_threaded_lapack(sample.device):
+        basis = torch.linalg.qr(sample).Q
     return basis.to(device) if device is not None else basis
 
 
 def orthonormalize(matrix: Tensor) -> Tensor:
     """Orthonormal basis ``(n, k)`` of the columns of ``matrix`` (reduced
-    Householder QR: orthonormal even for rank-deficient input)."""
-    return torch.linalg.qr(matrix).Q
+    Householder QR: orthonormal even for rank-deficient input; on one CPU
+    thread, see :func:`~.decomposition.single_threaded_lapack`)."""
+    with single_threaded_lapack(matrix.device):
+        return torch.linalg.qr(matrix).Q
 
 
 def mode_cross(x: Tensor, y: Tensor, mode: int) -> Tensor:
