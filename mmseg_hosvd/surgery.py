@@ -190,7 +190,8 @@ def install_compression(model: nn.Module,
                         specs: Sequence[LayerSpec],
                         method: str,
                         share_inputs: bool = True,
-                        subspaces: Optional[SubspaceTracker] = None
+                        subspaces: Optional[SubspaceTracker] = None,
+                        non_finite: str = 'raise'
                         ) -> Dict[str, CompressedConv2d]:
     """Replace each listed conv by a :class:`CompressedConv2d` sharing its
     Parameters; return them by conv path. ``vanilla`` installs convs that
@@ -205,6 +206,8 @@ def install_compression(model: nn.Module,
             once (same method and eps); False decomposes per conv.
         subspaces: the ``asi`` state (ranks rule, budget, seed); a default
             :class:`~mmseg_hosvd.ops.SubspaceTracker` if None.
+        non_finite: what the convs do with a NaN/Inf input, ``'raise'`` or
+            ``'skip'`` (see :class:`~mmseg_hosvd.ops.CompressedConv2d`).
     """
     context = CompressionContext(share_inputs=share_inputs,
                                  subspaces=subspaces)
@@ -218,7 +221,7 @@ def install_compression(model: nn.Module,
                     'CompressedConv2d (two compression hooks in one config?)')
             compressed = CompressedConv2d.from_conv(
                 conv, method, eps=spec.eps, radius=spec.radius,
-                name=conv_path)
+                name=conv_path, non_finite=non_finite)
             compressed.train(conv.training)
             compressed.context = context
             _replace_module(model, conv_path, compressed)

@@ -41,7 +41,8 @@ ARGS = [
     'gradient_filter', 'hosvd', '--eps', '0.8', '--batch-size',
     str(B), '--crop',
     str(CROP),
-    str(CROP), '--iters', '2', '--device', 'cpu'
+    str(CROP), '--iters', '2', '--device', 'cpu', '--lean-backward', 'off',
+    'exact'
 ]
 
 
@@ -67,24 +68,36 @@ def run(tmp_path_factory):
     records = bm.main(ARGS + ['--out', out])
     with open(osp.join(out, 'results.json')) as f:
         saved = json.load(f)
-    return out, {r['method']: r for r in saved}, records
+    return out, {r['method']: r for r in saved
+                 if r['lean_backward'] == 'off'}, records
+
+
+@pytest.fixture(scope='module')
+def lean_run(run):
+    """The same combinations with ``lean_backward='exact'``."""
+    out, _, _ = run
+    with open(osp.join(out, 'results.json')) as f:
+        saved = json.load(f)
+    return {r['method']: r for r in saved if r['lean_backward'] == 'exact'}
 
 
 def test_outputs_written(run, capsys):
     out, by_method, records = run
     assert list(by_method) == ['vanilla', 'gradient_filter', 'hosvd']
-    assert len(records) == 3
+    assert len(records) == 6
+    assert [r['lean_backward'] for r in records] == ['off', 'exact'] * 3
     for name in ('results.json', 'results.csv', 'memory.png'):
         assert osp.getsize(osp.join(out, name)) > 0
     with open(osp.join(out, 'memory.png'), 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     with open(osp.join(out, 'results.csv')) as f:
         lines = f.read().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 7
     header = lines[0].split(',')
     for key in ('model', 'setup', 'method', 'eps', 'activation_mib_mean',
                 'activation_mib_peak', 'kept_mib_mean', 'step_saved_mib_mean',
-                'step_time_s_median', 'ranks', 'step_saved_mib_relu'):
+                'step_time_s_median', 'ranks', 'step_saved_mib_relu',
+                'lean_backward', 'step_saved_mib_relu_mask'):
         assert key in header
     record = by_method['hosvd']
     for key in ('model', 'setup', 'method', 'eps', 'activation_mib_mean',
@@ -222,11 +235,44 @@ def test_whole_step_breakdown_by_hand(run):
         assert record['step_saved_mib_mean'] >= record['kept_mib_mean']
 
 
+def test_lean_backward_breakdown_by_hand(run, lean_run):
+    """lean_backward='exact' on the same steps: ReLUs keep 1-bit masks; the
+    BatchNorms of the trainable tail train (their whole block is unfrozen)
+    after compressed convs, so they keep their inputs (folding them would
+    change their gradients); with vanilla they would fold, but here the
+    folded weights (128x640x3x3 ...) are larger than their outputs, so they
+    do not. Paper counts and ranks' memory are unchanged."""
+    _, by_method, _ = run
+    big, small = B * 512 * H * W * F32, B * 128 * H * W * F32
+    bn = 2 * big + 3 * small
+    masks = (2 * big + 3 * small) // F32 // 8  # one bit per element
+    for method, record in lean_run.items():
+        off = by_method[method]
+        groups = record['step_saved_groups_mib']
+        assert groups['relu'] == 0
+        assert groups['relu_mask'] == pytest.approx(masks / MIB)
+        assert groups['bn'] == pytest.approx(bn / MIB)
+        assert groups['loss'] == pytest.approx(
+            off['step_saved_groups_mib']['loss'])
+        assert record['activation_mib_mean'] == pytest.approx(
+            off['activation_mib_mean'])
+        assert record['step_saved_mib_mean'] < off['step_saved_mib_mean']
+    hosvd = lean_run['hosvd']['step_saved_groups_mib']
+    # conv_seg's input (conv_cat's ReLU output) is now its own saving
+    assert hosvd['conv'] == pytest.approx(small / MIB)
+    # the ReLU outputs (kept whole before) become masks; nothing else moves
+    saving = by_method['hosvd']['step_saved_mib_mean'] - lean_run['hosvd'][
+        'step_saved_mib_mean']
+    assert saving == pytest.approx((2 * big + 3 * small - small - masks) /
+                                   MIB, rel=1e-3)
+
+
 def test_markdown_table(run):
     _, _, records = run
     table = bm.markdown_table(records)
     lines = table.splitlines()
-    assert len(lines) == 2 + 3
+    assert len(lines) == 2 + 6
+    assert '| fcn | 5L | hosvd eps=0.8, lean exact |' in table
     assert lines[0].startswith('| model | setup | method | paper MiB mean')
     assert '| fcn | 5L | hosvd eps=0.8 |' in table
     assert '| fcn | 5L | vanilla | 1.12 | 1.12 | 1.12 |' in table

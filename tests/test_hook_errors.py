@@ -23,6 +23,8 @@ DEMO = osp.join(CONFIGS, 'demo', 'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
     (dict(num_layers=0), 'num_layers: expected an int >= 1, got 0'),
     (dict(layers=[dict(path='a', eps=2.0)]),
      r'layers\[0\]: eps must be in \(0, 1\], got eps=2.0'),
+    (dict(non_finite='ignore'),
+     r"non_finite: expected one of \('raise', 'skip'\), got 'ignore'"),
 ])
 def test_bad_arguments_fail_when_the_hook_is_built(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -25,11 +25,14 @@ METHOD_TAGS = {
     'svd': 'svd-eps0.8',
     'hosvd': 'hosvd-eps0.8',
 }
+#: every method a leaf config exists for (``asi`` is not in the training
+#: matrix above but has leaf configs)
+ALL_METHOD_TAGS = dict(METHOD_TAGS, asi='asi-eps0.8')
 
 
 def leaf_config(family: str, setup: str, method: str) -> str:
     return osp.join(
-        CONFIGS, f'{FAMILIES[family]}_{setup}-{METHOD_TAGS[method]}'
+        CONFIGS, f'{FAMILIES[family]}_{setup}-{ALL_METHOD_TAGS[method]}'
         '_1xb8-20k_voc12aug-512x512.py')
 
 

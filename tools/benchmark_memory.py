@@ -54,6 +54,7 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
+from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
 from mmseg_hosvd.profiling import (MIB, SavedTensorMeter,  # noqa: E402
                                    saved_breakdown)
 
@@ -96,6 +97,8 @@ OP_GROUPS = (
     ('bn', 'BN inputs', lambda k: 'BatchNorm' in _op(k)),
     ('relu', 'ReLU outputs', lambda k: _op(k).startswith(
         ('Relu', 'Hardtanh', 'Threshold', 'LeakyRelu'))),
+    ('relu_mask', 'ReLU 1-bit masks', lambda k: _op(k).startswith(
+        '_MaskedClampBackward')),
     ('compressed', 'compressed factors', lambda k: _op(k) in COMPRESSED_NODES
      and k not in COMPRESSED_WEIGHTS),
     ('weight_sums', 'GF weight sums', lambda k: k in COMPRESSED_WEIGHTS),
@@ -156,6 +159,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--eps', nargs='+', type=eps_value,
                         default=[0.8, 0.9],
                         help='explained-variance thresholds for svd/hosvd')
+    parser.add_argument(
+        '--lean-backward', nargs='+', choices=LEAN_BACKWARD_MODES,
+        default=['exact'], metavar='MODE',
+        help='the compression hook\'s lean_backward modes to run each '
+        f'combination with (any of {", ".join(LEAN_BACKWARD_MODES)}); '
+        'modes of one combination run one after the other')
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--crop', nargs=2, type=positive_int,
                         default=[512, 512], metavar=('H', 'W'))
@@ -191,6 +200,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.setups = list(dict.fromkeys(args.setups))
     args.methods = list(dict.fromkeys(args.methods))
     args.eps = list(dict.fromkeys(args.eps))
+    args.lean_backward = list(dict.fromkeys(args.lean_backward))
     args.crop = tuple(args.crop)
     return args
 
@@ -389,7 +399,8 @@ def _median(values: Sequence[float]) -> float:
 
 
 def run_combination(args, model_name: str, setup: str, method: str,
-                    eps: Optional[float], progress=None) -> dict:
+                    eps: Optional[float], progress=None,
+                    lean_backward: str = 'exact') -> dict:
     from mmengine.registry import HOOKS
     from mmengine.runner import set_random_seed
 
@@ -401,7 +412,9 @@ def run_combination(args, model_name: str, setup: str, method: str,
     set_random_seed(seed)
 
     model = build_model(cfg, args.checkpoint, device)
-    compression = HOOKS.build(copy.deepcopy(cfg.default_hooks.compression))
+    compression_cfg = copy.deepcopy(cfg.default_hooks.compression)
+    compression_cfg.lean_backward = lean_backward
+    compression = HOOKS.build(compression_cfg)
     installed = compression.install(model)
     optimizer, trainable, clip = build_optimizer(cfg, model)
     state = list(model.parameters()) + list(model.buffers())
@@ -530,6 +543,7 @@ def run_combination(args, model_name: str, setup: str, method: str,
         setup=setup,
         method=method,
         eps=eps if method in LOW_RANK else None,
+        lean_backward=lean_backward,
         config=osp.relpath(config_path, REPO),
         activation_mib_mean=summary['total']['paper_mib']['mean'],
         activation_mib_peak=summary['total']['paper_mib']['peak'],
@@ -578,21 +592,25 @@ def run_combination(args, model_name: str, setup: str, method: str,
 # ---------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------
-def combinations(args) -> List[Tuple[str, str, str, Optional[float]]]:
+def combinations(args
+                 ) -> List[Tuple[str, str, str, Optional[float], str]]:
+    """(model, setup, method, eps, lean_backward) in run order: the
+    lean_backward modes of one combination next to each other."""
     combos = []
     for model, setup, method in itertools.product(args.models, args.setups,
                                                   args.methods):
-        if method in LOW_RANK:
-            combos.extend((model, setup, method, eps) for eps in args.eps)
-        else:
-            combos.append((model, setup, method, None))
+        epsilons = args.eps if method in LOW_RANK else [None]
+        combos.extend((model, setup, method, eps, lean)
+                      for eps in epsilons for lean in args.lean_backward)
     return combos
 
 
 def method_label(record: dict) -> str:
-    if record['eps'] is None:
-        return record['method']
-    return f"{record['method']} eps={record['eps']:g}"
+    label = record['method']
+    if record['eps'] is not None:
+        label += f" eps={record['eps']:g}"
+    lean = record.get('lean_backward', 'off')
+    return label if lean == 'off' else f'{label}, lean {lean}'
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -733,12 +751,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     start = time.time()
     with tqdm(total=len(combos) * (args.iters + 1), unit='it',
               dynamic_ncols=True) as progress:
-        for model, setup, method, eps in combos:
+        for model, setup, method, eps, lean in combos:
             label = f'{model} {setup} {method}' + (
-                f' eps={eps:g}' if eps is not None else '')
+                f' eps={eps:g}' if eps is not None else '') + f' lean {lean}'
             progress.set_description(label)
             records.append(
-                run_combination(args, model, setup, method, eps, progress))
+                run_combination(args, model, setup, method, eps, progress,
+                                lean_backward=lean))
             # write as we go: a long run keeps what it measured
             with open(osp.join(args.out, 'results.json'), 'w') as f:
                 json.dump(records, f, indent=2)

@@ -61,6 +61,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
 from benchmark_memory import eps_value, positive_int, quiet_logger  # noqa: E402,E501
+from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
 from mmseg_hosvd.ops import (distinct_kept_bytes, hosvd,  # noqa: E402
                              subspace_iteration_step)
 from mmseg_hosvd.ops.decomposition import (  # noqa: E402
@@ -103,6 +104,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--asi-budget-mib', type=float, default=None,
                         help='asi: allocate ranks under this total budget '
                         'instead of the eps rule')
+    parser.add_argument(
+        '--lean-backward', nargs='+', choices=LEAN_BACKWARD_MODES,
+        default=['exact'], metavar='MODE',
+        help='lean_backward modes: every method runs with each (any of '
+        f'{", ".join(LEAN_BACKWARD_MODES)}), all round-robin')
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--crop', nargs=2, type=positive_int,
                         default=[256, 256], metavar=('H', 'W'))
@@ -147,6 +153,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.methods = ['vanilla'] + [m for m in methods if m != 'vanilla']
     args.models = list(dict.fromkeys(args.models))
     args.setups = list(dict.fromkeys(args.setups))
+    args.lean_backward = list(dict.fromkeys(args.lean_backward))
     args.crop = tuple(args.crop)
     return args
 
@@ -262,12 +269,15 @@ def make_batch(model: torch.nn.Module, args, num_classes: int) -> dict:
 class Contender:
     """One method: its own model copy, hook, optimizer and timings."""
 
-    def __init__(self, method: str, base: torch.nn.Module, cfg, args):
+    def __init__(self, method: str, base: torch.nn.Module, cfg, args,
+                 lean_backward: str = 'exact'):
         from mmengine.registry import HOOKS, OPTIMIZERS
         self.method = method
+        self.lean_backward = lean_backward
         self.model = copy.deepcopy(base)
         hook_cfg = copy.deepcopy(cfg.default_hooks.compression)
         hook_cfg['method'] = method
+        hook_cfg['lean_backward'] = lean_backward
         if method in EPS_METHODS:
             hook_cfg['eps'] = args.eps
         if method == 'asi':
@@ -284,6 +294,10 @@ class Contender:
         self.times: Dict[str, List[float]] = dict(forward=[], backward=[],
                                                   optimizer=[], step=[])
         self.last_stats = {}
+
+    @property
+    def label(self) -> str:
+        return f'{self.method}, lean {self.lean_backward}'
 
     def step(self, data: dict, device: torch.device,
              record: bool) -> float:
@@ -436,10 +450,14 @@ def _ranks_label(contender: Contender) -> str:
 def print_step_table(contenders: List[Contender], args) -> None:
     vanilla = contenders[0]
     base = statistics.median(vanilla.times['step'])
-    print('| method | forward ms | backward ms | optim ms | step ms | '
-          'step / vanilla | per-round ratio (median) | kept MiB | ranks |')
-    print('|---|---:|---:|---:|---:|---:|---:|---:|---|')
+    print('| method | lean_backward | forward ms | backward ms | optim ms | '
+          'step ms | step / vanilla | per-round ratio (median) | step / '
+          'same method, first lean mode | kept MiB | ranks |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|')
     for c in contenders:
+        same = next(o for o in contenders if o.method == c.method)
+        lean_ratio = statistics.median(
+            s / o for s, o in zip(c.times['step'], same.times['step']))
         step = statistics.median(c.times['step'])
         paired = statistics.median(
             s / v for s, v in zip(c.times['step'], vanilla.times['step']))
@@ -449,11 +467,12 @@ def print_step_table(contenders: List[Contender], args) -> None:
                            if c.method in EPS_METHODS else '')
         if c.method == 'asi' and args.asi_budget_mib is not None:
             name = f'asi (budget {args.asi_budget_mib:g} MiB)'
-        print(f'| {name} | {median_ms(c.times["forward"]):.0f} | '
+        print(f'| {name} | {c.lean_backward} | '
+              f'{median_ms(c.times["forward"]):.0f} | '
               f'{median_ms(c.times["backward"]):.0f} | '
               f'{median_ms(c.times["optimizer"]):.0f} | '
               f'{1e3 * step:.0f} | {step / base:.3f} | {paired:.3f} | '
-              f'{kept:.2f} | {_ranks_label(c)} |')
+              f'{lean_ratio:.3f} | {kept:.2f} | {_ranks_label(c)} |')
 
 
 def print_layer_table(rows: List[dict], args) -> None:
@@ -502,7 +521,10 @@ def run(args, model_name: str, setup: str) -> None:
     cfg, path = load_config(model_name, setup, args.crop)
     base = build_model(cfg, args.checkpoint, args.seed, device)
     data = make_batch(base, args, cfg.model.decode_head.num_classes)
-    contenders = [Contender(m, base, cfg, args) for m in args.methods]
+    contenders = [
+        Contender(m, base, cfg, args, lean) for m in args.methods
+        for lean in args.lean_backward
+    ]
     del base
     device_name = (torch.cuda.get_device_name(device)
                    if device.type == 'cuda' else platform.processor() or
@@ -524,8 +546,8 @@ def run(args, model_name: str, setup: str) -> None:
             c.step(data, device, record)
         print(f'  round {index + 1}/{rounds} '
               f'{"measured" if record else "warm-up"}: ' + ', '.join(
-                  f'{c.method} {1e3 * c.times["step"][-1]:.0f} ms'
-                  if record else c.method for c in contenders) +
+                  f'{c.label} {1e3 * c.times["step"][-1]:.0f} ms'
+                  if record else c.label for c in contenders) +
               f' (load {load_text()})', file=sys.stderr, flush=True)
     print_step_table(contenders, args)
     print(f'\nload average after: {load_text()}')

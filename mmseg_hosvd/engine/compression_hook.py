@@ -1,14 +1,19 @@
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch.nn.parallel import DistributedDataParallel
 
-from ..ops import (ASI, MODULE_METHODS, VANILLA, CompressedConv2d,
-                   SubspaceTracker, check_eps)
+from ..ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
+                   CompressedConv2d, SubspaceTracker, check_eps,
+                   non_finite_layers)
+from ..lean_backward import (LeanBackward, check_lean_backward,
+                             install_lean_backward)
 from ..ops.gradient_filter import check_radius
 from ..surgery import (apply_freeze, batch_norms, check_trainable,
                        classifier_paths, compression_state_dict,
@@ -71,6 +76,29 @@ class ActivationCompressionHook(Hook):
             (running statistics frozen), as mmseg's ``norm_eval`` does for
             backbones; mmseg 1.x decode heads have no such option.
         trace_size: (H, W) of the dummy input traced for ``num_layers``.
+        non_finite: what a NaN/Inf input to a compressed conv does:
+            ``'raise'``: HOSVD/SVD raise ``FloatingPointError`` naming the
+            layer (the other methods let NaN propagate into the weights);
+            ``'skip'``: the convs keep nothing of it and give a NaN weight
+            gradient, and an optimizer step pre-hook skips every step whose
+            gradients are not all finite (whatever the method, vanilla
+            included): all ``.grad`` are set to None so that no parameter,
+            momentum or weight decay changes. Skipped steps are counted in
+            :attr:`skipped_steps` and logged as warnings.
+
+        lean_backward: make the step keep only what backward needs
+            (:mod:`mmseg_hosvd.lean_backward`): ``'exact'`` (default; the
+            gradients are those of ``'off'``) folds eval-mode BatchNorms into
+            the conv before them (not a trainable BatchNorm after a
+            compressed conv), gives ReLU/ReLU6 1-bit masks and adaptive
+            average pooling shape-only backward; ``'all'`` also folds
+            trainable BatchNorms after compressed convs (their ``gamma``
+            gradient then comes from the compressed input); ``'off'``.
+            Folding needs ``norm_eval=True``.
+
+    Attributes:
+        lean: what ``lean_backward`` installed (after ``install``).
+        skipped_steps: optimizer steps skipped for non-finite gradients.
     """
 
     priority = 'VERY_HIGH'
@@ -87,7 +115,18 @@ class ActivationCompressionHook(Hook):
                  budget_mib: Optional[float] = None,
                  seed: int = 0,
                  init: str = 'random',
-                 share_inputs: bool = True) -> None:
+                 share_inputs: bool = True,
+                 non_finite: str = 'skip',
+                 lean_backward: str = 'exact') -> None:
+        self.lean_backward = check_lean_backward(lean_backward)
+        self.lean: Optional[LeanBackward] = None
+        if non_finite not in NON_FINITE_MODES:
+            raise ValueError(f'non_finite: expected one of '
+                             f'{NON_FINITE_MODES}, got {non_finite!r}')
+        self.non_finite = non_finite
+        self.skipped_steps = 0
+        self._step_guards = []
+        self._convs: Dict[str, CompressedConv2d] = {}
         if method not in MODULE_METHODS:
             raise ValueError(f'method: unknown method {method!r}; expected '
                              f'one of {MODULE_METHODS}')
@@ -144,7 +183,8 @@ class ActivationCompressionHook(Hook):
             f'{len(installed)} conv(s) '
             f'{"counted" if self.method == VANILLA else "compressed"}: '
             f'{", ".join(installed)}; {len(trainable)} trainable '
-            f'parameter tensor(s); BN eval: {self.norm_eval}')
+            f'parameter tensor(s); BN eval: {self.norm_eval}; '
+            f'{self.lean.summary()}')
 
     def install(self, model: nn.Module) -> Dict[str, CompressedConv2d]:
         """Freeze ``model`` (unwrapped) and install the compressed convs;
@@ -164,8 +204,12 @@ class ActivationCompressionHook(Hook):
                                     seed=self.seed, init=self.init)
         installed = install_compression(model, specs, self.method,
                                         share_inputs=self.share_inputs,
-                                        subspaces=subspaces)
+                                        subspaces=subspaces,
+                                        non_finite=self.non_finite)
         self.compressed_paths = list(installed)
+        self._convs = dict(installed)
+        self.lean = install_lean_backward(model, self.lean_backward,
+                                          fold_norms=self.norm_eval)
         self._norms = batch_norms(model) if self.norm_eval else []
         return installed
 
@@ -199,6 +243,57 @@ class ActivationCompressionHook(Hook):
     def _unwrap(model: nn.Module) -> nn.Module:
         return model.module if is_model_wrapper(model) else model
 
+    def before_train(self, runner) -> None:
+        """``non_finite='skip'``: guard every optimizer of the run."""
+        if self.non_finite != 'skip':
+            return
+        wrapper = runner.optim_wrapper
+        wrappers = (list(wrapper.values())
+                    if isinstance(wrapper, OptimWrapperDict) else [wrapper])
+        for optim_wrapper in wrappers:
+            self._step_guards.append(
+                optim_wrapper.optimizer.register_step_pre_hook(
+                    partial(self._skip_non_finite_step, runner)))
+
+    def after_train(self, runner) -> None:
+        self.remove_step_guards()
+
+    def after_run(self, runner) -> None:
+        self.remove_step_guards()
+
+    def remove_step_guards(self) -> None:
+        """Remove the optimizer step pre-hooks of :meth:`before_train`."""
+        for handle in self._step_guards:
+            handle.remove()
+        self._step_guards = []
+
+    def _skip_non_finite_step(self, runner, optimizer: torch.optim.Optimizer,
+                              args, kwargs) -> None:
+        """Optimizer step pre-hook: if any gradient is NaN/Inf, set every
+        ``.grad`` of ``optimizer`` to None, so that the step changes nothing
+        (one host synchronisation per step)."""
+        params = [
+            param for group in optimizer.param_groups
+            for param in group['params'] if param.grad is not None
+        ]
+        if not params or grads_are_finite(params):
+            return
+        for param in params:
+            param.grad = None
+        self.skipped_steps += 1
+        stats = {
+            path: conv.last_stats
+            for path, conv in self._convs.items()
+            if conv.last_stats is not None
+        }
+        layers = non_finite_layers(stats)
+        runner.logger.warning(
+            f'{type(self).__name__}: non-finite gradient in iteration '
+            f'{runner.iter + 1}: optimizer step skipped (no parameter, '
+            f'momentum or weight decay update); compressed layers with '
+            f'non-finite input: {", ".join(layers) or "none"}; '
+            f'{self.skipped_steps} step(s) skipped so far')
+
     def before_train_iter(self,
                           runner,
                           batch_idx: int,
@@ -227,3 +322,11 @@ class ActivationCompressionHook(Hook):
                 'receive no gradient; set model_wrapper_cfg=dict('
                 "type='MMDistributedDataParallel', "
                 'find_unused_parameters=True)')
+
+
+def grads_are_finite(params: Sequence[torch.Tensor]) -> bool:
+    """Whether every ``.grad`` of ``params`` (all not None) is finite; one
+    host synchronisation."""
+    flags = [torch.isfinite(param.grad).all() for param in params]
+    device = flags[0].device
+    return bool(torch.stack([flag.to(device) for flag in flags]).all())

@@ -10,8 +10,9 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..ops import CompressionStats, distinct_kept_bytes
+from ..ops import CompressionStats, distinct_kept_bytes, non_finite_layers
 from ..surgery import compressed_convs
+from .compression_hook import ActivationCompressionHook
 
 MIB = 2**20
 
@@ -53,17 +54,22 @@ class RunningStat:
 
 @dataclass
 class LayerRecord:
-    """Per-layer series: paper-count MiB, kept MiB, and ranks per mode."""
+    """Per-layer series: paper-count MiB, kept MiB, and ranks per mode, over
+    the calls with a finite input; ``non_finite`` counts the other calls."""
     method: str = ''
     input_shape: Sequence[int] = ()
     paper_mib: RunningStat = field(default_factory=RunningStat)
     kept_mib: RunningStat = field(default_factory=RunningStat)
     ranks: List[RunningStat] = field(default_factory=list)
     last_ranks: Sequence[int] = ()
+    non_finite: int = 0
 
-    def add(self, stats) -> None:
+    def add(self, stats, non_finite: bool = False) -> None:
         self.method = stats.method
         self.input_shape = tuple(stats.input_shape)
+        if non_finite:
+            self.non_finite += 1
+            return
         self.paper_mib.add(stats.paper_bytes / MIB)
         self.kept_mib.add(stats.kept_bytes / MIB)
         if not self.ranks:
@@ -81,7 +87,8 @@ class LayerRecord:
             ranks=dict(
                 mean=[s.summary()['mean'] for s in self.ranks],
                 peak=[s.peak for s in self.ranks],
-                last=list(self.last_ranks)))
+                last=list(self.last_ranks)),
+            non_finite=self.non_finite)
 
 
 @HOOKS.register_module()
@@ -98,10 +105,20 @@ class ActivationMemoryHook(Hook):
     * ``act_kept_mib``: bytes the layers really keep for backward, in MiB
       (each storage once: factors shared by several convs count once);
     * per layer (``per_layer=True``): ``act_mem_mib/<conv path>``,
-      ``act_kept_mib/<conv path>`` and ``rank/<conv path>/<mode>``.
+      ``act_kept_mib/<conv path>`` and ``rank/<conv path>/<mode>``;
+    * ``skipped_steps``: optimizer steps skipped so far for non-finite
+      gradients (by :class:`ActivationCompressionHook` with
+      ``non_finite='skip'``).
+
+    A layer whose input had NaN/Inf in an iteration
+    (:attr:`~mmseg_hosvd.ops.CompressionStats.non_finite`) is counted in its
+    ``non_finite`` count instead of the memory series, and such an iteration
+    adds nothing to the totals (``non_finite_iterations`` counts them).
 
     After the run it writes ``out_file`` (JSON) to the work_dir with peak,
-    mean and std over all iterations, per layer and in total.
+    mean and std over the iterations with finite inputs, per layer and in
+    total, the per-layer ``non_finite`` counts, ``non_finite_iterations`` and
+    ``skipped_steps``.
 
     Args:
         interval: logging interval in iterations (statistics use every one).
@@ -122,6 +139,8 @@ class ActivationMemoryHook(Hook):
         self.total_paper = RunningStat()
         self.total_kept = RunningStat()
         self.layers: Dict[str, LayerRecord] = {}
+        self.non_finite_iterations = 0
+        self.skipped_steps = 0
 
     def after_train_iter(self,
                          runner,
@@ -131,12 +150,16 @@ class ActivationMemoryHook(Hook):
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
         stats = self.record(model)
-        if not stats:
-            return
-        paper, kept = total_mib(stats)
+        self.skipped_steps = sum(
+            hook.skipped_steps for hook in runner.hooks
+            if isinstance(hook, ActivationCompressionHook))
         if not self.every_n_train_iters(runner, self.interval):
             return
         hub = runner.message_hub
+        hub.update_scalar('train/skipped_steps', self.skipped_steps)
+        if not stats:
+            return
+        paper, kept = total_mib(stats)
         hub.update_scalar('train/act_mem_mib', paper)
         hub.update_scalar('train/act_kept_mib', kept)
         if not self.per_layer:
@@ -151,7 +174,9 @@ class ActivationMemoryHook(Hook):
 
     def record(self, model: nn.Module) -> Dict[str, CompressionStats]:
         """Take (and clear) ``last_stats`` of every compressed conv of
-        ``model`` and add them to the running summary; return them by path.
+        ``model`` and add them to the running summary; return them by path,
+        or ``{}`` when an input was not finite (then only counted, see the
+        class, and no memory scalar is logged for the iteration).
         ``after_train_iter`` calls this; benchmarks may call it directly."""
         stats = {}
         for path, conv in compressed_convs(model).items():
@@ -160,11 +185,16 @@ class ActivationMemoryHook(Hook):
                 conv.last_stats = None
         if not stats:
             return stats
+        bad = set(non_finite_layers(stats))
+        for path, layer_stats in stats.items():
+            self.layers.setdefault(path, LayerRecord()).add(
+                layer_stats, non_finite=path in bad)
+        if bad:
+            self.non_finite_iterations += 1
+            return {}
         paper, kept = total_mib(stats)
         self.total_paper.add(paper)
         self.total_kept.add(kept)
-        for path, layer_stats in stats.items():
-            self.layers.setdefault(path, LayerRecord()).add(layer_stats)
         return stats
 
     @classmethod
@@ -176,6 +206,8 @@ class ActivationMemoryHook(Hook):
         return dict(
             unit='MiB (2**20 bytes)',
             iterations=self.total_paper.count,
+            non_finite_iterations=self.non_finite_iterations,
+            skipped_steps=self.skipped_steps,
             total=dict(
                 paper_mib=self.total_paper.summary(),
                 kept_mib=self.total_kept.summary()),

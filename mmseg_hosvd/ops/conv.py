@@ -21,14 +21,19 @@ Inside a model, the :class:`CompressedConv2d` s share one
 :class:`~.context.CompressionContext`: an input read by several of them is
 decomposed once and the same factor tensors are saved by each.
 
-The forward output is always the exact ``F.conv2d``. HOSVD/SVD raise
-:class:`FloatingPointError` naming the layer when the input has NaN/Inf
-(detected with the decomposition's single host synchronisation); the
-Gradient Filter needs no synchronisation and, like ``nn.Conv2d``, lets NaN
-propagate.
+The forward output is always the exact ``F.conv2d``. A non-finite input
+(NaN/Inf) depends on ``non_finite`` (:data:`NON_FINITE_MODES`): with
+``'raise'`` HOSVD/SVD (and ASI's first step) raise
+:class:`FloatingPointError` naming the layer (detected with the
+decomposition's single host synchronisation), while the Gradient Filter, ASI
+and vanilla, which need no synchronisation, let NaN propagate as
+``nn.Conv2d`` does; with ``'skip'`` nothing raises: HOSVD/SVD keep nothing
+and their grad_weight is NaN (grad_input and grad_bias stay exact), so that
+an optimizer guard can skip the step. Every call flags a non-finite input in
+:attr:`CompressionStats.non_finite`.
 """
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -39,9 +44,11 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
 from .context import CompressionContext
+from .folding import NormFoldingConv2d
 from .decomposition import (SVDFactors, TuckerFactors, check_eps,
-                            cheapest_mode_order, hosvd, mode_chain_flops,
-                            multi_mode_product, truncated_svd)
+                            cheapest_mode_order, decomposition_dtype, hosvd,
+                            mode_chain_flops, multi_mode_product,
+                            truncated_svd)
 from .gradient_filter import (check_radius, filter_grad_output, filter_input,
                               filtered_input_grad, filtered_weight_grad,
                               keeps_exact_weight)
@@ -60,6 +67,9 @@ LOW_RANK_METHODS = ('hosvd', 'svd', ASI)
 MODULE_METHODS = (VANILLA, ) + METHODS + (ASI, )
 #: how HOSVD's grad_weight is computed: chosen by FLOPs, or forced.
 WEIGHT_GRAD_PATHS = ('auto', 'factored', 'rebuilt')
+#: what a compressed conv does with a NaN/Inf input: ``'raise'`` (HOSVD/SVD
+#: raise FloatingPointError) or ``'skip'`` (keep nothing, NaN grad_weight).
+NON_FINITE_MODES = ('raise', 'skip')
 
 Pair = Tuple[int, int]
 
@@ -86,6 +96,12 @@ class CompressionStats:
             layers count each key once (:func:`distinct_kept_bytes`).
         reused: the factors were computed by another conv that read the
             same input (see :class:`~.context.DecompositionCache`).
+        non_finite: the input had NaN/Inf: a bool where the decomposition
+            already synchronised with the host (HOSVD/SVD, ASI's first
+            step), otherwise a 0-d bool tensor not read yet (vanilla,
+            Gradient Filter, ASI), so that no host synchronisation is added;
+            :func:`non_finite_layers` reads them all at once. A float32 sum
+            of the input that overflows counts as non-finite too.
     """
     method: str
     input_shape: Tuple[int, ...]
@@ -94,6 +110,7 @@ class CompressionStats:
     ranks: Tuple[int, ...] = ()
     storage_keys: Tuple[Tuple[str, int, int], ...] = ()
     reused: bool = False
+    non_finite: Union[bool, Tensor] = False
 
     @property
     def paper_bytes(self) -> int:
@@ -128,6 +145,37 @@ def check_method(method: str, allowed: Sequence[str] = METHODS) -> str:
         raise ValueError(f'method must be one of {tuple(allowed)}, got '
                          f'method={method!r}')
     return method
+
+
+def check_non_finite(mode: str) -> str:
+    """Return ``mode``; ValueError unless it is in :data:`NON_FINITE_MODES`."""
+    if mode not in NON_FINITE_MODES:
+        raise ValueError(f'non_finite must be one of {NON_FINITE_MODES}, got '
+                         f'non_finite={mode!r}')
+    return mode
+
+
+def non_finite_flag(tensor: Tensor) -> Tensor:
+    """0-d bool tensor, True where ``tensor`` has NaN/Inf (no host sync).
+
+    A float32 (float64 for float64) sum: no temporary of the tensor's size.
+    """
+    total = tensor.detach().sum(dtype=decomposition_dtype(tensor.dtype))
+    return ~torch.isfinite(total)
+
+
+def non_finite_layers(stats: Dict[str, 'CompressionStats']) -> List[str]:
+    """Keys of ``stats`` whose input had NaN/Inf, in order; the flags still
+    on the device are read in one host synchronisation."""
+    names = list(stats)
+    flags = [stats[name].non_finite for name in names]
+    pending = [flag for flag in flags if isinstance(flag, Tensor)]
+    if pending:
+        device = pending[0].device
+        values = iter(torch.stack([f.to(device) for f in pending]).tolist())
+        flags = [next(values) if isinstance(flag, Tensor) else flag
+                 for flag in flags]
+    return [name for name, flag in zip(names, flags) if flag]
 
 
 def storage_bytes(tensors: Sequence[Tensor]) -> int:
@@ -370,6 +418,53 @@ def _low_rank_weight_grad(spec: _LowRankSpec, factor_tensors: Sequence[Tensor],
     return svd_weight_grad(svd, grad_output, weight_shape, spec.geometry)
 
 
+class _NonFiniteConv2dFunction(Function):
+    """Exact conv of a non-finite input that keeps nothing of it: grad_input
+    and grad_bias are exact, grad_weight is NaN (the optimizer guard of
+    :class:`~mmseg_hosvd.engine.ActivationCompressionHook` skips the step)."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                geometry: ConvGeometry) -> Tensor:
+        ctx.geometry = geometry
+        ctx.input_shape = tuple(input.shape)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(weight)
+        return F.conv2d(input, weight, bias, geometry.stride,
+                        geometry.padding, geometry.dilation, geometry.groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        weight, = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = conv_input_grad(grad_output, ctx.input_shape, weight,
+                                         ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.full_like(weight, float('nan'))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(dim=(0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None
+
+
+def _non_finite_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                       geometry: ConvGeometry, method: str,
+                       reused: bool = False
+                       ) -> Tuple[Tensor, CompressionStats]:
+    """``non_finite='skip'`` fallback of the low-rank methods: nothing of
+    the input is kept (zero bytes, no ranks)."""
+    output = _NonFiniteConv2dFunction.apply(input, weight, bias, geometry)
+    stats = CompressionStats(method=method,
+                             input_shape=tuple(input.shape),
+                             paper_elements=0,
+                             kept_bytes=0,
+                             ranks=(),
+                             reused=reused,
+                             non_finite=True)
+    return output, stats
+
+
 @dataclass(frozen=True)
 class _GradientFilterSpec:
     geometry: ConvGeometry
@@ -437,7 +532,8 @@ def compressed_conv2d(input: Tensor,
                       name: str = '',
                       weight_grad_path: str = 'auto',
                       factors: Optional[Union[TuckerFactors,
-                                              SVDFactors]] = None
+                                              SVDFactors]] = None,
+                      non_finite: str = 'raise'
                       ) -> Tuple[Tensor, CompressionStats]:
     """``F.conv2d`` whose saved input is compressed by ``method``.
 
@@ -453,14 +549,19 @@ def compressed_conv2d(input: Tensor,
         factors: low-rank methods only: factors of ``input`` computed
             beforehand (Tucker for hosvd/asi, SVD for svd), saved instead
             of decomposing ``input`` here.
+        non_finite: one of :data:`NON_FINITE_MODES`: what HOSVD/SVD do
+            with a NaN/Inf input (raise, or keep nothing and give a NaN
+            grad_weight).
 
     Returns:
         The exact conv output and the :class:`CompressionStats` of the call.
 
     Raises:
-        FloatingPointError: HOSVD/SVD input with NaN/Inf (names ``name``).
+        FloatingPointError: HOSVD/SVD input with NaN/Inf (names ``name``),
+            unless ``non_finite='skip'``.
     """
     check_method(method, METHODS + (ASI, ))
+    check_non_finite(non_finite)
     if method == ASI and factors is None:
         raise ValueError("method='asi' keeps per-layer state: use "
                          'CompressedConv2d, or pass its factors')
@@ -476,7 +577,8 @@ def compressed_conv2d(input: Tensor,
             return _gradient_filter_conv2d(input, weight, bias, geometry,
                                            check_radius(radius))
         return _low_rank_conv2d(input, weight, bias, geometry, method, eps,
-                                name, weight_grad_path, factors)
+                                name, weight_grad_path, factors,
+                                non_finite=non_finite)
 
 
 def _autocast_arguments(
@@ -510,10 +612,13 @@ def _low_rank_conv2d(input: Tensor,
                      weight_grad_path: str,
                      factors: Optional[Union[TuckerFactors,
                                              SVDFactors]] = None,
-                     reused: bool = False
+                     reused: bool = False,
+                     non_finite: str = 'raise'
                      ) -> Tuple[Tensor, CompressionStats]:
     if factors is None:
-        factors = _decompose(method, input.detach(), eps, name)
+        factors = _decompose(method, input.detach(), eps, name, non_finite)
+        if factors is None:
+            return _non_finite_conv2d(input, weight, bias, geometry, method)
     input_shape = tuple(input.shape)
     if tuple(factors.shape) != input_shape:
         raise ValueError(f'factors of shape {tuple(factors.shape)} for an '
@@ -529,16 +634,23 @@ def _low_rank_conv2d(input: Tensor,
                              kept_bytes=storage_bytes(factors.tensors()),
                              ranks=tuple(ranks),
                              storage_keys=storage_keys(factors.tensors()),
-                             reused=reused)
+                             reused=reused,
+                             non_finite=(non_finite_flag(factors.core)
+                                         if method == ASI else False))
     return output, stats
 
 
-def _decompose(method: str, activation: Tensor, eps: float,
-               name: str) -> Union[TuckerFactors, SVDFactors]:
+def _decompose(method: str, activation: Tensor, eps: float, name: str,
+               non_finite: str = 'raise'
+               ) -> Optional[Union[TuckerFactors, SVDFactors]]:
+    """HOSVD/SVD factors; None for a NaN/Inf input with ``non_finite=
+    'skip'`` (FloatingPointError naming ``name`` with ``'raise'``)."""
     decompose = hosvd if method == 'hosvd' else truncated_svd
     try:
         return decompose(activation, eps)
     except FloatingPointError as error:
+        if non_finite == 'skip':
+            return None
         raise FloatingPointError(
             f'CompressedConv2d {name!r} (method={method!r}): {error}'
         ) from error
@@ -562,15 +674,20 @@ def _gradient_filter_conv2d(input: Tensor, weight: Tensor,
                              paper_elements=input_sum.numel(),
                              kept_bytes=storage_bytes([input_sum]),
                              ranks=(),
-                             storage_keys=storage_keys([input_sum]))
+                             storage_keys=storage_keys([input_sum]),
+                             non_finite=non_finite_flag(input))
     return output, stats
 
 
 # ---------------------------------------------------------------------------
 # module
 # ---------------------------------------------------------------------------
-class CompressedConv2d(nn.Conv2d):
+class CompressedConv2d(NormFoldingConv2d):
     """``nn.Conv2d`` that keeps a compressed input for its weight gradient.
+
+    A :class:`~.folding.NormFoldingConv2d`: after ``fold_norm``, the
+    following eval-mode BatchNorm may be folded into the weight and bias
+    passed to :meth:`_conv_forward` (the compressed input is the same).
 
     All work happens in :meth:`_conv_forward`, so code that calls
     ``conv._conv_forward(x, folded_weight, folded_bias)`` (conv-BN folding)
@@ -596,6 +713,13 @@ class CompressedConv2d(nn.Conv2d):
             memory budget).
         radius: Gradient Filter patch radius, int >= 1.
         name: module path, used in error messages (and as the ASI state key).
+        non_finite: one of :data:`NON_FINITE_MODES`, what a NaN/Inf input
+            does: ``'raise'`` (HOSVD/SVD and ASI's first step raise, the
+            other methods let NaN propagate, as ``nn.Conv2d``) or
+            ``'skip'`` (nothing raises; HOSVD/SVD/ASI-first-step keep
+            nothing of the input and give a NaN grad_weight, grad_input and
+            grad_bias stay exact). Either way
+            :attr:`CompressionStats.non_finite` flags the call.
         Other arguments: as ``nn.Conv2d``.
 
     Under autocast the arguments are cast as autocast casts ``F.conv2d``'s;
@@ -610,8 +734,8 @@ class CompressedConv2d(nn.Conv2d):
 
     Raises:
         FloatingPointError: in forward, for HOSVD/SVD (ASI: on its first
-            step), when the input contains NaN/Inf; the message names
-            :attr:`name`.
+            step), when the input contains NaN/Inf and ``non_finite`` is
+            ``'raise'``; the message names :attr:`name`.
     """
 
     def __init__(self,
@@ -630,10 +754,12 @@ class CompressedConv2d(nn.Conv2d):
                  method: str = 'hosvd',
                  eps: float = 0.8,
                  radius: int = 2,
-                 name: str = '') -> None:
+                 name: str = '',
+                 non_finite: str = 'raise') -> None:
         check_method(method, MODULE_METHODS)
         check_eps(eps)
         check_radius(radius)
+        check_non_finite(non_finite)
         super().__init__(in_channels, out_channels, kernel_size, stride,
                          padding, dilation, groups, bias, padding_mode,
                          device, dtype)
@@ -641,6 +767,7 @@ class CompressedConv2d(nn.Conv2d):
         self.eps = eps
         self.radius = radius
         self.name = name
+        self.non_finite = non_finite
         self.last_stats: Optional[CompressionStats] = None
         #: shared with the other compressed convs of a model by
         #: :func:`~mmseg_hosvd.surgery.install_compression`; a plain
@@ -671,13 +798,22 @@ class CompressedConv2d(nn.Conv2d):
     def radius(self, value: int) -> None:
         self._radius = check_radius(value)
 
+    @property
+    def non_finite(self) -> str:
+        return self._non_finite
+
+    @non_finite.setter
+    def non_finite(self, value: str) -> None:
+        self._non_finite = check_non_finite(value)
+
     @classmethod
     def from_conv(cls,
                   conv: nn.Conv2d,
                   method: str,
                   eps: float = 0.8,
                   radius: int = 2,
-                  name: str = '') -> 'CompressedConv2d':
+                  name: str = '',
+                  non_finite: str = 'raise') -> 'CompressedConv2d':
         """A CompressedConv2d sharing ``conv``'s Parameter objects.
 
         Same hyper-parameters and training flag; no extra parameters or
@@ -699,7 +835,8 @@ class CompressedConv2d(nn.Conv2d):
                          method=method,
                          eps=eps,
                          radius=radius,
-                         name=name)
+                         name=name,
+                         non_finite=non_finite)
         _share_parameters(conv, compressed)
         return compressed
 
@@ -734,7 +871,8 @@ class CompressedConv2d(nn.Conv2d):
                 paper_elements=input.numel(),
                 kept_bytes=storage_bytes([input]),
                 ranks=(),
-                storage_keys=storage_keys([input]))
+                storage_keys=storage_keys([input]),
+                non_finite=non_finite_flag(input))
             return super()._conv_forward(input, weight, bias)
         padded_input, padding = self._explicitly_padded(input)
         geometry = ConvGeometry(_pair(self.stride), padding,
@@ -751,7 +889,8 @@ class CompressedConv2d(nn.Conv2d):
                                           method=self.method,
                                           eps=self.eps,
                                           radius=self.radius,
-                                          name=self.name)
+                                          name=self.name,
+                                          non_finite=self.non_finite)
         self.last_stats = stats
         return output
 
@@ -760,14 +899,15 @@ class CompressedConv2d(nn.Conv2d):
                           ) -> Tuple[Tensor, CompressionStats]:
         """HOSVD/SVD/ASI: factors from the context's cache when another conv
         already decomposed this very input with the same settings, else
-        decomposed here (and cached)."""
+        decomposed here (and cached). A non-finite input skipped by
+        ``non_finite='skip'`` is cached as None: its readers keep nothing."""
         if input.dim() != 4:
             raise ValueError(f'expected a 4-D (B, C, H, W) input, got shape '
                              f'{tuple(input.shape)}')
         cast_input, weight, bias = _autocast_arguments(input, weight, bias)
         context = self.context
         cache = context.cache
-        config = (self.method, self.eps, cast_input.dtype)
+        config = (self.method, self.eps, cast_input.dtype, self.non_finite)
         found = cache.get(input, config) if cache is not None else None
         with torch.autocast(input.device.type, enabled=False):
             if found is not None:
@@ -777,19 +917,27 @@ class CompressedConv2d(nn.Conv2d):
                 factors = self._decompose(cast_input.detach())
                 if cache is not None:
                     cache.put(input, config, factors, self.name)
+            if factors is None:
+                return _non_finite_conv2d(cast_input, weight, bias, geometry,
+                                          self.method,
+                                          reused=found is not None)
             return _low_rank_conv2d(cast_input, weight, bias, geometry,
                                     self.method, self.eps, self.name, 'auto',
                                     factors=factors,
                                     reused=found is not None)
 
     def _decompose(self, activation: Tensor
-                   ) -> Union[TuckerFactors, SVDFactors]:
+                   ) -> Optional[Union[TuckerFactors, SVDFactors]]:
+        """Factors of ``activation``, or None (non-finite, ``'skip'``)."""
         if self.method != ASI:
-            return _decompose(self.method, activation, self.eps, self.name)
+            return _decompose(self.method, activation, self.eps, self.name,
+                              self.non_finite)
         try:
             return self.context.subspaces.decompose(self.name, activation,
                                                     self.eps)
         except FloatingPointError as error:
+            if self.non_finite == 'skip':
+                return None
             raise FloatingPointError(
                 f'CompressedConv2d {self.name!r} (method={self.method!r}): '
                 f'{error}') from error
@@ -807,6 +955,8 @@ class CompressedConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         text = (f'{super().extra_repr()}, method={self.method!r}, '
                 f'eps={self.eps}, radius={self.radius}')
+        if self.non_finite != 'raise':
+            text += f', non_finite={self.non_finite!r}'
         if self.name:
             text += f', name={self.name!r}'
         return text
