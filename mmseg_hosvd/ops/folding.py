@@ -158,8 +158,8 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
             if self.bias is not None:
                 shift = shift + self.bias
         shape = (1, -1) + (1, ) * (input.dim() - 2)
-        return input * scale.to(input.dtype).view(shape) + shift.to(
-            input.dtype).view(shape)
+        return torch.addcmul(shift.to(input.dtype).view(shape), input,
+                             scale.to(input.dtype).view(shape))
 
     @classmethod
     def from_norm(cls, norm: _BatchNorm) -> 'LeanBatchNorm2d':

@@ -1,0 +1,105 @@
+"""Smoke test of tools/camvid_experiment.py on the real CamVid tree.
+
+``--smoke``: 4 images per split, 2 iterations per run (pretraining
+included), batch 2, 64x64 crops; FCN 10L with vanilla and HOSVD. Checks the
+output files, the records and that the numbers are sane (the vanilla count
+is checked exactly), then that a second call reuses every run. Skipped when
+``../shared/data/camvid_voc`` is missing.
+"""
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+DATA = osp.normpath(osp.join(REPO, '..', 'shared', 'data', 'camvid_voc'))
+
+pytestmark = pytest.mark.skipif(
+    not osp.isfile(osp.join(DATA, 'ImageSets', 'Segmentation',
+                            'target_train.txt')),
+    reason=f'the CamVid tree {DATA} (../shared/data/camvid_voc relative to '
+    'the repository root) is missing')
+
+# FCN 10L (PAPER_SETUP.md): input channels of the counted convs: conv_cat
+# (512 + 128, concat_input), convs.0, convs.1, layer4.1 conv1/conv2,
+# layer4.0 conv1/conv2/downsample, layer3.1 conv1/conv2; all at 1/8 of the
+# 64x64 smoke crop, batch 2, fp32
+FCN_10L_CHANNELS = 640 + 512 + 128 + 512 + 512 + 256 + 512 + 256 + 256 + 256
+FCN_10L_VANILLA_MIB = FCN_10L_CHANNELS * 2 * 8 * 8 * 4 / 2**20
+
+
+def run(out, *extra):
+    from camvid_experiment import main  # tools/ is on sys.path (conftest)
+    return main([
+        '--smoke', '--models', 'fcn', '--depths', '10l', '--methods',
+        'vanilla', 'hosvd-eps0.8', '--seeds', '233', '--out', str(out),
+        '--data-root', DATA, '--profile-iters', '1', '--quiet', *extra
+    ])
+
+
+def test_smoke(tmp_path):
+    out = tmp_path / 'camvid'
+    summary = run(out)
+
+    for name in ('results.json', 'results.md', 'pareto.png'):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert (out / 'pareto.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with open(out / 'results.json') as f:
+        saved = json.load(f)
+    assert saved['wall_s'] > 0
+    assert [r['tag'] for r in saved['runs']] == ['vanilla', 'hosvd-eps0.8']
+
+    # the starting checkpoint: weights only, with its provenance
+    (pre, ) = saved['pretrain']
+    start = osp.join(REPO, pre['start_checkpoint']) if not osp.isabs(
+        pre['start_checkpoint']) else pre['start_checkpoint']
+    state = torch.load(start, map_location='cpu', weights_only=True)
+    assert state['meta']['provenance']['data'] == 'source_train'
+    assert state['meta']['provenance']['iters'] == 2
+    assert 'decode_head.conv_seg.weight' in state['state_dict']
+    assert state['state_dict']['decode_head.conv_seg.weight'].shape[0] == 11
+
+    def path(p):
+        return p if osp.isabs(p) else osp.join(REPO, p)
+
+    for record in [pre] + saved['runs']:
+        for split in ('target_val', 'val'):
+            metrics = record[split]
+            for key in ('mIoU', 'mAcc', 'aAcc'):
+                assert 0 <= metrics[key] <= 100, (split, key, metrics)
+        assert record['step_time_s'] > 0
+        assert record['step_saved_mib'] > 0
+
+    vanilla, hosvd = saved['runs']
+    for record in (vanilla, hosvd):
+        # mim-test-compatible work_dir: the dumped config and the checkpoint
+        assert osp.isfile(path(record['checkpoint']))
+        assert osp.isfile(path(record['dumped_config']))
+        assert record['start_checkpoint'] == pre['start_checkpoint']
+        assert record['iters'] == 2 and record['compressed_layers'] == 10
+        assert 0 < record['act_mem_mean_mib'] <= record['act_mem_peak_mib']
+    assert vanilla['act_mem_peak_mib'] == pytest.approx(FCN_10L_VANILLA_MIB)
+    assert vanilla['act_mem_mean_mib'] == pytest.approx(FCN_10L_VANILLA_MIB)
+    assert hosvd['act_mem_peak_mib'] < vanilla['act_mem_mean_mib']
+    # the whole step saves more than the counted layers' inputs
+    assert vanilla['step_saved_mib'] > vanilla['act_mem_peak_mib']
+    assert hosvd['step_saved_mib'] < vanilla['step_saved_mib']
+
+    text = (out / 'results.md').read_text()
+    assert '| model | depth | method | eps | seed | mIoU target_val |' in text
+    assert '| FCN | 10L | hosvd | 0.8 | 233 |' in text
+    assert 'pretrained, not fine-tuned' in text
+
+    # a second call reuses the pretraining and every run
+    again = run(out)
+    assert again['pretrain'][0]['sha256'] == pre['sha256']
+    assert [r['checkpoint'] for r in again['runs']] == [
+        r['checkpoint'] for r in summary['runs']
+    ]
+
+
+def test_rejects_bad_data_root(tmp_path):
+    from camvid_experiment import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(['--data-root', str(tmp_path)])
