@@ -1,18 +1,11 @@
-# BASE (not a runnable experiment): PSPNet 10L (PAPER_SETUP.md).
-# ``freeze_layers`` is applied in order to the fully trainable model ('~path'
-# unfreezes); ``compressed_layers`` are the convs whose saved input is
-# compressed (radius: Gradient Filter patch size, ignored by SVD/HOSVD).
-# decode_head.conv_seg always trains and is never compressed.
-_base_ = './pspnet_r18-d8_1xb8-20k_voc12aug-512x512.py'
-
-freeze_layers = [
-    'backbone',
-    '~backbone.layer4',
-]
-compressed_layers = [
-    dict(path='decode_head.bottleneck', radius=4),
-    dict(path='backbone.layer4.1', radius=4),
-    dict(path='backbone.layer4.0', radius=4),
+# BASE (not a runnable experiment): PSPNet 10L (PAPER_SETUP.md) on VOC:
+# the paper's layer lists (configs/_base_/layers/pspnet_r18-d8_10l.py) given to
+# the compression hook.
+_base_ = [
+    './pspnet_r18-d8_1xb8-20k_voc12aug-512x512.py',
+    '../../_base_/layers/pspnet_r18-d8_10l.py',
 ]
 default_hooks = dict(
-    compression=dict(freeze=freeze_layers, layers=compressed_layers))
+    compression=dict(
+        freeze={{_base_.freeze_layers}},
+        layers={{_base_.compressed_layers}}))

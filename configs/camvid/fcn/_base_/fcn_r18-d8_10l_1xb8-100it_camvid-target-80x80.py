@@ -1,23 +1,12 @@
-# BASE (not a runnable experiment): FCN 10L, the paper's
-# freeze and compressed-layer lists for this architecture (PAPER_SETUP.md,
-# "Which layers"; the same as configs/fcn/_base_/fcn_r18-d8_10l_1xb8-20k_voc12aug-512x512.py),
-# unchanged: the class count does not touch them. radius: Gradient Filter
-# patch size (the paper's, kept although the feature maps are smaller).
-_base_ = './fcn_r18-d8_1xb8-100it_camvid-target-80x80.py'
-
-freeze_layers = [
-    'backbone',
-    '~backbone.layer4',
-    '~backbone.layer3.1',
-]
-compressed_layers = [
-    dict(path='decode_head.conv_cat', radius=2),
-    dict(path='decode_head.convs.0', radius=2),
-    dict(path='decode_head.convs.1', radius=2),
-    dict(path='backbone.layer4.1', radius=2),
-    dict(path='backbone.layer4.0', radius=2),
-    dict(path='backbone.layer4.0.downsample.0', radius=2),
-    dict(path='backbone.layer3.1', radius=2),
+# BASE (not a runnable experiment): FCN 10L on CamVid: the
+# paper's layer lists (configs/_base_/layers/fcn_r18-d8_10l.py, the same as
+# on VOC: the class count does not touch them; the Gradient Filter radii are
+# the paper's although the feature maps are smaller).
+_base_ = [
+    './fcn_r18-d8_1xb8-100it_camvid-target-80x80.py',
+    '../../../_base_/layers/fcn_r18-d8_10l.py',
 ]
 default_hooks = dict(
-    compression=dict(freeze=freeze_layers, layers=compressed_layers))
+    compression=dict(
+        freeze={{_base_.freeze_layers}},
+        layers={{_base_.compressed_layers}}))

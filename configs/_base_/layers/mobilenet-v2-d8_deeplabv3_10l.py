@@ -1,0 +1,23 @@
+# DLV3-M 10L (PAPER_SETUP.md, "Which layers"): the layer lists only,
+# shared by every dataset's setup base (configs/<folder>/_base_/
+# mobilenet-v2-d8_deeplabv3_10l_*.py). ``freeze_layers`` is applied in order to the fully
+# trainable model ('~path' unfreezes); ``compressed_layers`` are the convs
+# whose saved input is compressed (radius: Gradient Filter patch size,
+# ignored by SVD/HOSVD). decode_head.conv_seg always trains and is never
+# compressed.
+freeze_layers = [
+    'backbone',
+    '~backbone.layer7',
+    '~backbone.layer6.2.conv.2',
+]
+compressed_layers = [
+    dict(path='decode_head.bottleneck', radius=3),
+    dict(path='decode_head.aspp_modules.0', radius=3),
+    dict(path='decode_head.aspp_modules.1', radius=3),
+    dict(path='decode_head.aspp_modules.2', radius=6),
+    dict(path='decode_head.aspp_modules.3', radius=9),
+    dict(path='backbone.layer7.0.conv.2', radius=3),
+    dict(path='backbone.layer7.0.conv.1', radius=3),
+    dict(path='backbone.layer7.0.conv.0', radius=3),
+    dict(path='backbone.layer6.2.conv.2', radius=3),
+]

@@ -1,0 +1,13 @@
+# PSPNet 5L (PAPER_SETUP.md, "Which layers"): the layer lists only,
+# shared by every dataset's setup base (configs/<folder>/_base_/
+# pspnet_r18-d8_5l_*.py). ``freeze_layers`` is applied in order to the fully
+# trainable model ('~path' unfreezes); ``compressed_layers`` are the convs
+# whose saved input is compressed (radius: Gradient Filter patch size,
+# ignored by SVD/HOSVD). decode_head.conv_seg always trains and is never
+# compressed.
+freeze_layers = [
+    'backbone',
+]
+compressed_layers = [
+    dict(path='decode_head.bottleneck', radius=4),
+]
