@@ -80,7 +80,8 @@ LEAF_EPS = (0.8, 0.9)
 COMPRESSED_NODES = ('_LowRankConv2dFunctionBackward',
                     '_GradientFilterConv2dFunctionBackward')
 #: their saved weight (the Parameter for HOSVD/SVD and for the dilated
-#: Gradient Filter, else the kernel-summed weight, a per-step tensor)
+#: Gradient Filter, else a per-step tensor: the Gradient Filter's
+#: kernel-summed weight, or the BN-folded weight of ``lean_backward``)
 COMPRESSED_WEIGHTS = ('_LowRankConv2dFunctionBackward.saved_tensors[0]',
                       '_GradientFilterConv2dFunctionBackward.saved_tensors[1]')
 
@@ -101,7 +102,7 @@ OP_GROUPS = (
         '_MaskedClampBackward')),
     ('compressed', 'compressed factors', lambda k: _op(k) in COMPRESSED_NODES
      and k not in COMPRESSED_WEIGHTS),
-    ('weight_sums', 'GF weight sums', lambda k: k in COMPRESSED_WEIGHTS),
+    ('weight_sums', 'step weights', lambda k: k in COMPRESSED_WEIGHTS),
     ('loss', 'loss', lambda k: _op(k).startswith(
         ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'Softmax'))),
     ('other', 'other', lambda k: True),

@@ -147,8 +147,11 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
             return input
         if self.training:
             return super().forward(input)
-        if self.affine and (self.weight.requires_grad
-                            or self.bias.requires_grad):
+        if not (torch.is_grad_enabled() and input.requires_grad) or (
+                self.affine and (self.weight.requires_grad
+                                 or self.bias.requires_grad)):
+            # nothing to save (BatchNorm's own kernel is the fastest), or
+            # a trainable gamma that needs the input
             return super().forward(input)
         with torch.no_grad():
             scale = (self.running_var + self.eps).rsqrt()
