@@ -14,8 +14,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from mmseg_hosvd.lean_backward import (conv_norm_pairs, install_lean_backward,
-                                       remove_lean_backward)
+from mmseg_hosvd.lean_backward import conv_norm_pairs, remove_lean_backward
 from mmseg_hosvd.ops.activation import (MaskedReLU, MaskedReLU6, pack_bits,
                                         unpack_bits)
 from mmseg_hosvd.ops.folding import (LeanBatchNorm2d, NormFoldingConv2d,

@@ -43,7 +43,6 @@ images are smooth random noise and the labels random (seeded).
 import argparse
 import copy
 import gc
-import math
 import os
 import os.path as osp
 import platform
