@@ -1,21 +1,3 @@
-# DLV3-M 5L (PAPER_SETUP.md, "Which layers"): the layer lists only,
-# shared by every dataset's setup base (configs/<folder>/_base_/
-# mobilenet-v2-d8_deeplabv3_5l_*.py). ``freeze_layers`` is applied in order to the fully
-# trainable model ('~path' unfreezes); ``compressed_layers`` are the convs
-# whose saved input is compressed (radius: Gradient Filter patch size,
-# ignored by SVD/HOSVD). decode_head.conv_seg always trains and is never
-# compressed.
-freeze_layers = [
-    'backbone',
-    'decode_head',
-    '~decode_head.conv_seg',
-    '~decode_head.bottleneck',
-    '~decode_head.aspp_modules',
-]
-compressed_layers = [
-    dict(path='decode_head.bottleneck', radius=3),
-    dict(path='decode_head.aspp_modules.0', radius=3),
-    dict(path='decode_head.aspp_modules.1', radius=3),
-    dict(path='decode_head.aspp_modules.2', radius=6),
-    dict(path='decode_head.aspp_modules.3', radius=9),
-]
+# DLV3-M 5L (PAPER_SETUP.md, "Which layers"): "as DLV3 5L", the same
+# freeze and compressed-layer lists (the decode head's paths are the same).
+_base_ = './deeplabv3_r18-d8_5l.py'
