@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-MIB = 2**20
+from .ops.accounting import MIB
 
 #: kinds of saved storages
 ACTIVATION = 'activation'

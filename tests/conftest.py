@@ -97,3 +97,15 @@ def tiny_run_cfg(cfg,
     cfg.visualizer.name = f'visualizer:{work_dir}'
     cfg.env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
     return cfg
+
+
+@pytest.fixture(scope='module')
+def single_thread():
+    """Small ops on a shared 2-core machine: one thread avoids OpenMP
+    oversubscription stalls (correctness tests, not timings). Use with
+    ``pytestmark = pytest.mark.usefixtures('single_thread')``."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -29,14 +29,7 @@ GEOMETRY_GRID = list(
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP
-    oversubscription stalls (correctness tests, not timings)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -9,14 +9,7 @@ from mmseg_hosvd.ops import (SVDFactors, TuckerFactors, check_eps,
 from mmseg_hosvd.ops.decomposition import mode_gram, mode_product
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP
-    oversubscription stalls (correctness tests, not timings)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def unfolding(x: torch.Tensor, mode: int) -> torch.Tensor:

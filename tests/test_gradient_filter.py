@@ -13,14 +13,7 @@ from mmseg_hosvd.ops.gradient_filter import (broadcast_over_patches,
                                              sum_over_patches)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP
-    oversubscription stalls (correctness tests, not timings)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def patch_members(index: int, patch: int, offset: int, size: int):

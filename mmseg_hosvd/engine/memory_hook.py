@@ -10,11 +10,10 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..ops import CompressionStats, distinct_kept_bytes, non_finite_layers
+from ..ops import (MIB, CompressionStats, distinct_kept_bytes,
+                   non_finite_layers)
 from ..surgery import compressed_convs
 from .compression_hook import ActivationCompressionHook
-
-MIB = 2**20
 
 
 def total_mib(stats: Dict[str, CompressionStats]) -> Tuple[float, float]:

@@ -1,4 +1,5 @@
 """Compressed-activation convolution ops (HOSVD, SVD, ASI, Gradient Filter)."""
+from .accounting import MIB
 from .context import CompressionContext, DecompositionCache
 from .conv import (ASI, LOW_RANK_METHODS, METHODS, MODULE_METHODS,
                    NON_FINITE_MODES, VANILLA, CompressedConv2d,
@@ -13,7 +14,7 @@ from .rank_budget import (allocate_hosvd_ranks,
 from .subspace_iteration import (SubspaceTracker, subspace_iteration_step)
 
 __all__ = [
-    'check_eps', 'hosvd', 'truncated_svd', 'TuckerFactors', 'SVDFactors',
+    'MIB', 'check_eps', 'hosvd', 'truncated_svd', 'TuckerFactors', 'SVDFactors',
     'explained_variance_rank', 'hosvd_paper_elements', 'svd_paper_elements',
     'CompressedConv2d', 'CompressionStats', 'METHODS', 'MODULE_METHODS',
     'VANILLA', 'ASI', 'LOW_RANK_METHODS', 'distinct_kept_bytes',

@@ -41,11 +41,11 @@ from .decomposition import (NUM_MODES, TuckerFactors,
                             _as_decomposition_input, check_eps, mode_gram,
                             mode_product, multi_mode_product,
                             single_threaded_lapack, truncated_mode_bases)
+from .accounting import MIB
 from .rank_budget import DEFAULT_EPS_GRID, allocate_hosvd_ranks
 
 #: how the bases of a layer start on its first step
 INITS = ('random', 'hosvd')
-MIB = 2**20
 
 
 # ---------------------------------------------------------------------------
