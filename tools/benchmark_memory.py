@@ -1,13 +1,14 @@
 """Activation memory of real fine-tuning steps, per model, setup and method.
 
 For every combination of ``--models`` x ``--setups`` x ``--methods`` (x
-``--eps`` for SVD/HOSVD) it builds the real model from the 5L/10L leaf config
-under ``configs/`` with the plugin's public API (``MODELS.build``,
-``ActivationCompressionHook.install``, ``ActivationMemoryHook.record``) and
-runs one warm-up and ``--iters`` measured training iterations
-(``model.train()``, BN back to eval, data preprocessor, ``mode='loss'``,
-backward, gradient clipping and SGD step with the config's settings on the
-trainable parameters), recording
+``--eps`` for SVD/HOSVD) it builds the model, its plugin hooks and its optim
+wrapper from the 5L/10L leaf config under ``configs/`` with
+:class:`mmseg_hosvd.bench.TrainingStep` (mmengine's ``MODELS.build``,
+``HOOKS.build`` + ``install``, ``build_optim_wrapper``) and runs one warm-up
+and ``--iters`` measured real ``model.train_step`` calls (data preprocessor,
+``mode='loss'``, backward, the config's gradient clipping and optimizer
+step), measured from the outside by :class:`mmseg_hosvd.bench.StepProbe`,
+recording
 
 * the paper's activation count of the compressed/counted convs (fp32, MiB =
   2**20 bytes; mean and peak over the iterations) and the bytes those layers
@@ -32,12 +33,10 @@ each record); without ``--data-root`` the batches are random images and
 random label maps (seeded).
 """
 import argparse
-import contextlib
 import copy
 import csv
 import itertools
 import json
-import logging
 import math
 import os
 import os.path as osp
@@ -45,7 +44,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -54,27 +53,18 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
+from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
+                               StepProbe, TrainingStep, dataset_batches,
+                               leaf_config_path, load_leaf_config,
+                               synthetic_batches)
 from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
-from mmseg_hosvd.profiling import (MIB, SavedTensorMeter,  # noqa: E402
-                                   saved_breakdown)
+from mmseg_hosvd.ops import MIB  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs')
 DEFAULT_OUT = osp.join(REPO, 'work_dirs', 'benchmark_memory')
 
-#: --models choice -> (config folder, config model name)
-MODEL_CONFIGS = {
-    'pspnet': ('pspnet', 'pspnet_r18-d8'),
-    'pspnet-m': ('mobilenet_v2', 'mobilenet-v2-d8_pspnet'),
-    'deeplabv3': ('deeplabv3', 'deeplabv3_r18-d8'),
-    'deeplabv3-m': ('mobilenet_v2', 'mobilenet-v2-d8_deeplabv3'),
-    'fcn': ('fcn', 'fcn_r18-d8'),
-    'upernet': ('upernet', 'upernet_r18'),
-}
-SETUPS = ('5L', '10L')
 METHODS = ('vanilla', 'gradient_filter', 'svd', 'hosvd')
 LOW_RANK = ('svd', 'hosvd')
-#: eps values that have their own leaf config; others use eps0.8's + override
-LEAF_EPS = (0.8, 0.9)
 
 #: autograd nodes of the plugin's compressed convs
 COMPRESSED_NODES = ('_LowRankConv2dFunctionBackward',
@@ -209,223 +199,59 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------
 # configs
 # ---------------------------------------------------------------------------
-def eps_tag(eps: float) -> str:
-    return f'eps{eps:g}'
-
-
-def leaf_config(model: str, setup: str, method: str,
-                eps: Optional[float]) -> Tuple[str, Optional[float]]:
-    """Path of the leaf config and the eps to override (None: the leaf's)."""
-    folder, name = MODEL_CONFIGS[model]
-    override = None
-    if method == 'vanilla':
-        tag = 'vanilla'
-    elif method == 'gradient_filter':
-        tag = 'gradient-filter'
-    else:
-        leaf_eps = eps if any(math.isclose(eps, e) for e in LEAF_EPS) else 0.8
-        if not math.isclose(leaf_eps, eps):
-            override = eps
-        tag = f'{method}-{eps_tag(leaf_eps)}'
-    path = osp.join(CONFIGS, folder,
-                    f'{name}_{setup.lower()}-{tag}_1xb8-20k_voc12aug-'
-                    '512x512.py')
-    return path, override
-
-
 def load_config(model: str, setup: str, method: str, eps: Optional[float],
-                crop: Tuple[int, int]):
-    from mmengine.config import Config
-    path, override = leaf_config(model, setup, method, eps)
-    if not osp.isfile(path):
-        raise SystemExit(f'config not found: {path}')
-    cfg = Config.fromfile(path)
-    compression = cfg.default_hooks.compression
-    if compression.method != method:
-        raise SystemExit(f'{path}: compression method is '
-                         f'{compression.method!r}, expected {method!r}')
-    if override is not None:
-        compression.eps = override
-    cfg.model.data_preprocessor.size = tuple(crop)
-    return cfg, path
-
-
-# ---------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------
-def synthetic_batches(batch_size: int, crop: Tuple[int, int],
-                      num_classes: int, seed: int) -> Iterator[dict]:
-    """Random uint8 images and random label maps, as a dataloader yields
-    them (``pseudo_collate`` of ``PackSegInputs`` outputs)."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    generator = torch.Generator().manual_seed(seed)
-    height, width = crop
-    while True:
-        inputs, samples = [], []
-        for _ in range(batch_size):
-            inputs.append(
-                torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
-                              generator=generator))
-            label = torch.randint(0, num_classes, (1, height, width),
-                                  generator=generator)
-            sample = SegDataSample(metainfo=dict(
-                img_shape=(height, width), ori_shape=(height, width)))
-            sample.gt_sem_seg = PixelData(data=label)
-            samples.append(sample)
-        yield dict(inputs=inputs, data_samples=samples)
-
-
-def _with_crop(pipeline: List[dict], crop: Tuple[int, int]) -> List[dict]:
-    pipeline = copy.deepcopy(pipeline)
-    for transform in pipeline:
-        if transform.get('type') == 'RandomCrop':
-            transform['crop_size'] = tuple(crop)
-        elif transform.get('type') == 'Pad' and 'size' in transform:
-            transform['size'] = tuple(crop)
-    return pipeline
-
-
-def dataset_config(cfg, data_root: str, crop: Tuple[int, int]) -> dict:
-    """The config's train dataset on ``data_root`` with the crop overridden;
-    sub-datasets whose annotation file or label folder is missing (e.g. no
-    SBD ``aug.txt``) are left out."""
-    dataset = copy.deepcopy(cfg.train_dataloader.dataset)
-    parts = dataset['datasets'] if dataset.get(
-        'type') == 'ConcatDataset' else [dataset]
-    kept, missing = [], []
-    for part in parts:
-        part = dict(part, data_root=data_root)
-        ann_file = osp.join(data_root, part.get('ann_file', ''))
-        prefix = part.get('data_prefix', {})
-        folders = [osp.join(data_root, p) for p in prefix.values()]
-        absent = [p for p in [ann_file] + folders if not osp.exists(p)]
-        if absent:
-            missing.extend(absent)
-            continue
-        part['pipeline'] = _with_crop(part['pipeline'], crop)
-        kept.append(part)
-    if not kept:
-        raise SystemExit(f'--data-root {data_root!r}: no usable dataset, '
-                         f'missing: {", ".join(missing)}')
-    if len(kept) == 1:
-        return kept[0]
-    return dict(type='ConcatDataset', datasets=kept)
-
-
-def dataset_batches(cfg, data_root: str, crop: Tuple[int, int],
-                    batch_size: int, seed: int) -> Iterator[dict]:
-    """Batches of the config's train pipeline on ``data_root`` (shuffled
-    with ``seed``, cycled)."""
-    from mmengine.dataset import pseudo_collate
-    from mmseg.registry import DATASETS
-    dataset = DATASETS.build(dataset_config(cfg, data_root, crop))
-    if len(dataset) == 0:
-        raise SystemExit(f'--data-root {data_root!r}: the dataset is empty')
-    generator = torch.Generator().manual_seed(seed)
-
-    def indices() -> Iterator[int]:
-        while True:
-            yield from torch.randperm(len(dataset),
-                                      generator=generator).tolist()
-
-    order = indices()
-    while True:
-        yield pseudo_collate(
-            [dataset[next(order)] for _ in range(batch_size)])
-
-
-# ---------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------
-def load_weights(model: torch.nn.Module, checkpoint: str) -> None:
-    """Load ``checkpoint`` with ``torch.load(weights_only=True)`` into
-    ``model`` (non-strict: e.g. the 19-class ``conv_seg`` is skipped)."""
-    from mmengine.runner.checkpoint import load_state_dict
-    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and 'state_dict' in state:
-        state = state['state_dict']
-    if not isinstance(state, dict):
-        raise SystemExit(f'--checkpoint {checkpoint!r}: no state_dict found')
-    state = {
-        (k[len('module.'):] if k.startswith('module.') else k): v
-        for k, v in state.items()
-    }
-    load_state_dict(model, state, strict=False, logger='current')
-
-
-def build_model(cfg, checkpoint: Optional[str], device: torch.device):
-    from mmseg.registry import MODELS
-    model = MODELS.build(cfg.model)
-    with quiet_logger():
-        if checkpoint is None:
-            model.init_weights()  # logs every parameter at INFO level
-        else:
-            load_weights(model, checkpoint)
-    return model.to(device)
-
-
-@contextlib.contextmanager
-def quiet_logger(level: int = logging.WARNING):
-    """Raise mmengine's current logger to ``level`` for the duration."""
-    from mmengine.logging import MMLogger
-    logger = MMLogger.get_current_instance()
-    old = logger.level
-    logger.setLevel(level)
+                crop: Tuple[int, int], lean_backward: str):
+    """The leaf config of one combination, its compression hook's
+    ``lean_backward`` set, and its path."""
+    path, _ = leaf_config_path(CONFIGS, model, setup, method, eps)
     try:
-        yield
-    finally:
-        logger.setLevel(old)
-
-
-def build_optimizer(cfg, model: torch.nn.Module):
-    from mmengine.registry import OPTIMIZERS
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer_cfg = copy.deepcopy(cfg.optim_wrapper.optimizer)
-    optimizer = OPTIMIZERS.build(dict(optimizer_cfg, params=params))
-    clip = cfg.optim_wrapper.get('clip_grad')
-    return optimizer, params, clip
+        cfg = load_leaf_config(CONFIGS, model, setup, method, eps, crop)
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(str(error)) from None
+    cfg.default_hooks.compression.lean_backward = lean_backward
+    return cfg, path
 
 
 # ---------------------------------------------------------------------------
 # one combination
 # ---------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float('nan')
 
 
 def run_combination(args, model_name: str, setup: str, method: str,
                     eps: Optional[float], progress=None,
-                    lean_backward: str = 'exact') -> dict:
+                    lean_backward: str = 'exact',
+                    peak_meter_factory=None) -> dict:
+    """Build the combination's training step from its leaf config and run
+    one warm-up and ``args.iters`` measured real ``train_step`` calls.
+
+    ``peak_meter_factory``: a callable returning a fresh peak meter (an
+    object with ``__enter__``/``__exit__`` and ``peak_bytes``) per step;
+    its median reading goes to ``step_peak_mib``."""
     from mmengine.registry import HOOKS
-    from mmengine.runner import set_random_seed
 
     device = torch.device(args.device)
     cfg, config_path = load_config(model_name, setup, method, eps,
-                                   args.crop)
+                                   args.crop, lean_backward)
     seed = args.seed if args.seed is not None else cfg.get(
         'randomness', {}).get('seed', 233)
-    set_random_seed(seed)
 
-    model = build_model(cfg, args.checkpoint, device)
-    compression_cfg = copy.deepcopy(cfg.default_hooks.compression)
-    compression_cfg.lean_backward = lean_backward
-    compression = HOOKS.build(compression_cfg)
-    installed = compression.install(model)
-    optimizer, trainable, clip = build_optimizer(cfg, model)
-    state = list(model.parameters()) + list(model.buffers())
+    step = TrainingStep.from_config(cfg, device, checkpoint=args.checkpoint,
+                                    seed=seed, init_weights=False)
+    model, installed = step.model, step.installed
+    trainable = step.trainable_parameters()
+    state = step.state_tensors()
 
     if args.data_root is None:
         batches = synthetic_batches(args.batch_size, args.crop,
                                     cfg.model.decode_head.num_classes, seed)
     else:
-        batches = dataset_batches(cfg, args.data_root, args.crop,
-                                  args.batch_size, seed)
+        try:
+            batches = dataset_batches(cfg, args.data_root, args.crop,
+                                      args.batch_size, seed)
+        except ValueError as error:
+            raise SystemExit(f'--data-root: {error}') from None
 
     if device.type == 'cuda':
         torch.cuda.empty_cache()
@@ -435,80 +261,61 @@ def run_combination(args, model_name: str, setup: str, method: str,
 
     memory_hook = None
     times = dict(forward=[], backward=[], optimizer=[], step=[])
-    saved_act, saved_param, not_in_graph = [], [], []
+    saved_act, saved_param, not_in_graph, peaks = [], [], [], []
     by_op: Dict[str, float] = {}
     by_op_inclusive: Dict[str, float] = {}
     by_saved: Dict[str, float] = {}
     params_by_op: Dict[str, float] = {}
     last_total, last_stats = None, {}
-    for iteration in range(args.iters + 1):
-        warmup = iteration == 0
-        model.train()
-        compression.set_norm_eval()
-        data = model.data_preprocessor(next(batches), training=True)
-        optimizer.zero_grad(set_to_none=True)
+    probe = StepProbe(model, step.optim_wrapper.optimizer, trainable, state,
+                      device, breakdown=True)
+    with probe:
+        for iteration in range(args.iters + 1):
+            warmup = iteration == 0
+            data = next(batches)
+            meter = peak_meter_factory() if peak_meter_factory else None
+            measured = probe.measure(lambda: step.run(data), meter)
+            del data
+            breakdown = measured.breakdown
 
-        _sync(device)
-        start = time.perf_counter()
-        meter = SavedTensorMeter(state)
-        with meter:
-            losses = model(**data, mode='loss')
-            loss, _ = model.parse_losses(losses)
-        _sync(device)
-        forward_done = time.perf_counter()
-
-        breakdown = saved_breakdown(loss, state)
-        step_bytes = meter.activation_bytes()
-        step_param_bytes = meter.parameter_bytes()
-
-        _sync(device)
-        backward_start = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        backward_done = time.perf_counter()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(trainable, **clip)
-        optimizer.step()
-        _sync(device)
-        step_done = time.perf_counter()
-        del losses, loss, data, meter
-
-        if warmup:
-            # the warm-up's stats go to a throwaway hook
-            HOOKS.build(copy.deepcopy(
-                cfg.default_hooks.activation_memory)).record(model)
-            memory_hook = HOOKS.build(
-                copy.deepcopy(cfg.default_hooks.activation_memory))
-        else:
-            stats = memory_hook.record(model)
-            missing = set(installed) - set(stats)
-            if missing:
-                raise RuntimeError(
-                    f'{model_name} {setup} {method}: no statistics from '
-                    f'{sorted(missing)} (did they run with grad enabled?)')
-            last_stats = stats
-            last_total = sum(s.paper_bytes for s in stats.values()) / MIB
-            forward = forward_done - start
-            backward = backward_done - backward_start
-            optim = step_done - backward_done
-            times['forward'].append(forward)
-            times['backward'].append(backward)
-            times['optimizer'].append(optim)
-            times['step'].append(forward + backward + optim)
-            saved_act.append(step_bytes / MIB)
-            saved_param.append(step_param_bytes / MIB)
-            not_in_graph.append(
-                (step_bytes - breakdown.activation_bytes) / MIB)
-            for target, shares in ((by_op, breakdown.by_op),
-                                   (by_op_inclusive,
-                                    breakdown.by_op_inclusive),
-                                   (by_saved, breakdown.by_saved),
-                                   (params_by_op,
-                                    breakdown.parameters_by_op)):
-                for name, share in shares.items():
-                    target[name] = target.get(name, 0.0) + share.bytes / MIB
-        if progress is not None:
-            progress.update(1)
+            if warmup:
+                # the warm-up's stats go to a throwaway hook
+                HOOKS.build(copy.deepcopy(
+                    cfg.default_hooks.activation_memory)).record(model)
+                memory_hook = HOOKS.build(
+                    copy.deepcopy(cfg.default_hooks.activation_memory))
+            else:
+                stats = memory_hook.record(model)
+                missing = set(installed) - set(stats)
+                if missing:
+                    raise RuntimeError(
+                        f'{model_name} {setup} {method}: no statistics from '
+                        f'{sorted(missing)} (did they run with grad '
+                        'enabled?)')
+                last_stats = stats
+                last_total = sum(s.paper_bytes for s in stats.values()) / MIB
+                times['forward'].append(measured.forward_s)
+                times['backward'].append(measured.backward_s)
+                times['optimizer'].append(measured.optimizer_s)
+                times['step'].append(measured.step_s)
+                saved_act.append(measured.saved_bytes / MIB)
+                saved_param.append(measured.saved_param_bytes / MIB)
+                not_in_graph.append(
+                    (measured.saved_bytes - breakdown.activation_bytes) / MIB)
+                if measured.peak_bytes is not None:
+                    peaks.append(measured.peak_bytes / MIB)
+                for target, shares in ((by_op, breakdown.by_op),
+                                       (by_op_inclusive,
+                                        breakdown.by_op_inclusive),
+                                       (by_saved, breakdown.by_saved),
+                                       (params_by_op,
+                                        breakdown.parameters_by_op)):
+                    for name, share in shares.items():
+                        target[name] = target.get(name,
+                                                  0.0) + share.bytes / MIB
+            del measured, breakdown
+            if progress is not None:
+                progress.update(1)
 
     cuda_peak = (torch.cuda.max_memory_allocated(device) / MIB
                  if device.type == 'cuda' else None)
@@ -556,6 +363,7 @@ def run_combination(args, model_name: str, setup: str, method: str,
         step_saved_mib_peak=max(saved_act),
         step_saved_param_mib_mean=statistics.fmean(saved_param),
         step_not_in_graph_mib_mean=statistics.fmean(not_in_graph),
+        step_peak_mib=_median(peaks) if peaks else None,
         step_saved_groups_mib=groups,
         breakdown=dict(by_op=averaged(by_op),
                        by_saved=by_saved_mean,
@@ -584,7 +392,7 @@ def run_combination(args, model_name: str, setup: str, method: str,
         seed=seed,
         torch=torch.__version__,
     )
-    del model, optimizer, trainable, state, installed, compression
+    del model, step, trainable, state, installed, probe
     if device.type == 'cuda':
         torch.cuda.empty_cache()
     return record
@@ -627,18 +435,19 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def markdown_table(records: Sequence[dict]) -> str:
+    from tabulate import tabulate
     cuda = any(r['cuda_peak_mib'] is not None for r in records)
+    peak = any(r.get('step_peak_mib') is not None for r in records)
     header = [
         'model', 'setup', 'method', 'paper MiB mean', 'paper MiB peak',
         'kept MiB', 'step saved MiB'
     ] + [label for group, label, _ in OP_GROUPS] + ['params saved MiB']
+    if peak:
+        header.append('step peak MiB')
     if cuda:
         header.append('CUDA peak MiB')
     header += ['fwd s', 'bwd s', 'step s']
-    lines = [
-        '| ' + ' | '.join(header) + ' |',
-        '|' + '|'.join(['---'] * 3 + ['---:'] * (len(header) - 3)) + '|'
-    ]
+    rows = []
     for r in records:
         row = [
             r['model'], r['setup'],
@@ -651,6 +460,8 @@ def markdown_table(records: Sequence[dict]) -> str:
             _fmt(r['step_saved_groups_mib'][group], 1)
             for group, _, _ in OP_GROUPS
         ] + [_fmt(r['step_saved_param_mib_mean'], 1)]
+        if peak:
+            row.append(_fmt(r.get('step_peak_mib'), 1))
         if cuda:
             row.append(_fmt(r['cuda_peak_mib'], 1))
         row += [
@@ -658,8 +469,10 @@ def markdown_table(records: Sequence[dict]) -> str:
             _fmt(r['backward_time_s_median']),
             _fmt(r['step_time_s_median'])
         ]
-        lines.append('| ' + ' | '.join(row) + ' |')
-    return '\n'.join(lines)
+        rows.append(row)
+    return tabulate(rows, headers=header, tablefmt='github',
+                    disable_numparse=True,
+                    colalign=['left'] * 3 + ['right'] * (len(header) - 3))
 
 
 def flatten(record: dict) -> dict:

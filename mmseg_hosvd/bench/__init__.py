@@ -1,0 +1,25 @@
+"""Benchmark support: one training-step path and its measurements.
+
+* :class:`TrainingStep`: model, plugin hooks and optim wrapper built from a
+  config with mmengine's builders; real ``model.train_step`` calls.
+* :class:`StepProbe`: times forward/backward/optimizer step with one
+  synchronised timer and meters the saved tensors, through hooks; a peak
+  meter can wrap the step.
+* :mod:`.configs`: the benchmarks' models and leaf configs.
+* :mod:`.data`: synthetic and dataset batches.
+"""
+from .configs import (LEAF_EPS, MODEL_CONFIGS, SETUPS, eps_tag,
+                      leaf_config_path, load_leaf_config)
+from .data import (dataset_batches, dataset_config, fixed_batches,
+                   folder_batch, smooth_batch, synthetic_batches)
+from .probe import StepMeasurement, StepProbe, SyncTimer
+from .step import (CPUBFloat16OptimWrapper, TrainingStep,
+                   amp_optim_wrapper_cfg, plugin_hooks, quiet_logger)
+
+__all__ = [
+    'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',
+    'load_leaf_config', 'dataset_batches', 'dataset_config', 'fixed_batches',
+    'folder_batch', 'smooth_batch', 'synthetic_batches', 'StepMeasurement',
+    'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
+    'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
+]

@@ -1,0 +1,232 @@
+"""One training-step path for benchmarks: what ``mim train`` runs.
+
+:class:`TrainingStep` builds, from an mmengine ``Config``, the model
+(``MODELS.build``), the plugin's hooks of the config (``HOOKS.build``, then
+their public ``install(model)``) and the optim wrapper
+(``mmengine.optim.build_optim_wrapper``: optimizer, ``clip_grad`` of any
+type and the wrapper type come from the config), and runs real
+``model.train_step(data, optim_wrapper)`` calls.
+
+Mixed precision (``amp=True``): on CUDA the optim wrapper becomes mmengine's
+``AmpOptimWrapper`` (float16, loss scaling); on the CPU, where
+``AmpOptimWrapper`` refuses to run, a :class:`CPUBFloat16OptimWrapper`, i.e.
+the config's ``OptimWrapper`` whose ``optim_context`` (forward and loss) runs
+under ``torch.autocast('cpu', dtype=torch.bfloat16)``.
+"""
+import copy
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from mmengine.optim import OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS
+
+#: the optim wrapper types ``amp=True`` may replace
+PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
+                  'CPUBFloat16OptimWrapper')
+#: key rewrite for checkpoints saved from a wrapped (DDP) model
+REVISE_KEYS = [(r'^module\.', '')]
+
+
+@OPTIM_WRAPPERS.register_module()
+class CPUBFloat16OptimWrapper(OptimWrapper):
+    """``OptimWrapper`` whose forward/loss (``optim_context``) runs under
+    CPU bfloat16 autocast: the CPU counterpart of ``AmpOptimWrapper``
+    (backward and the optimizer step stay outside autocast, as there)."""
+
+    @contextmanager
+    def optim_context(self, model: nn.Module) -> Iterator[None]:
+        with super().optim_context(model), torch.autocast(
+                device_type='cpu', dtype=torch.bfloat16):
+            yield
+
+
+def amp_optim_wrapper_cfg(cfg: dict, device: torch.device) -> dict:
+    """The config's optim wrapper with mixed precision for ``device``:
+    ``AmpOptimWrapper`` (float16) on CUDA, :class:`CPUBFloat16OptimWrapper`
+    on the CPU; everything else (optimizer, ``clip_grad``) unchanged.
+
+    Raises:
+        ValueError: the config's wrapper is of another type (it may do
+            more than a plain ``OptimWrapper``).
+    """
+    cfg = copy.deepcopy(dict(cfg))
+    kind = cfg.get('type', 'OptimWrapper')
+    if kind not in PLAIN_WRAPPERS:
+        raise ValueError(f'amp: optim_wrapper type {kind!r} is not one of '
+                         f'{PLAIN_WRAPPERS}; cannot switch it to mixed '
+                         'precision')
+    if device.type == 'cuda':
+        cfg['type'] = 'AmpOptimWrapper'
+        cfg.setdefault('dtype', 'float16')
+    elif device.type == 'cpu':
+        cfg['type'] = 'CPUBFloat16OptimWrapper'
+        cfg.pop('dtype', None)
+        cfg.pop('loss_scale', None)
+    else:
+        raise ValueError(f'amp: no mixed precision for device {device}')
+    return cfg
+
+
+def plugin_hooks(cfg) -> List[Any]:
+    """Build the hooks of ``cfg.default_hooks`` and ``cfg.custom_hooks``
+    that come from this package and can ``install`` themselves on a bare
+    model (e.g. ``ActivationCompressionHook``), in config order."""
+    from mmengine.registry import HOOKS
+    entries = list((cfg.get('default_hooks') or {}).values()) + list(
+        cfg.get('custom_hooks') or [])
+    hooks = []
+    for entry in entries:
+        if not isinstance(entry, dict) or 'type' not in entry:
+            continue
+        kind = entry['type']
+        cls = HOOKS.get(kind) if isinstance(kind, str) else kind
+        if cls is None or not cls.__module__.startswith('mmseg_hosvd'):
+            continue
+        if callable(getattr(cls, 'install', None)):
+            hooks.append(HOOKS.build(copy.deepcopy(entry)))
+    return hooks
+
+
+class TrainingStep:
+    """A model, its plugin hooks and its optim wrapper, built like the
+    Runner builds them, and real training steps on given batches.
+
+    Args:
+        model: the segmentor (not wrapped), on its device.
+        optim_wrapper: mmengine optim wrapper over ``model``'s parameters.
+        hooks: plugin hooks already installed on ``model``.
+        installed: the convs the hooks installed, by path.
+    """
+
+    def __init__(self, model: nn.Module, optim_wrapper: OptimWrapper,
+                 hooks: Sequence[Any], installed: Dict[str, nn.Module]):
+        self.model = model
+        self.optim_wrapper = optim_wrapper
+        self.hooks = list(hooks)
+        self.installed = dict(installed)
+
+    @classmethod
+    def from_config(cls,
+                    cfg,
+                    device: Union[str, torch.device] = 'cpu',
+                    checkpoint: Optional[str] = None,
+                    amp: bool = False,
+                    seed: Optional[int] = None,
+                    init_weights: bool = True) -> 'TrainingStep':
+        """Build everything from ``cfg``.
+
+        Args:
+            cfg: an mmengine ``Config`` of a plugin run.
+            device: where the model runs.
+            checkpoint: weights to load with
+                ``mmengine.runner.load_checkpoint`` (non-strict, ``module.``
+                prefixes stripped); None: random initialisation.
+            amp: mixed precision (see the module docstring).
+            seed: ``mmengine.runner.set_random_seed`` before building;
+                None: the config's ``randomness.seed`` if any.
+            init_weights: call ``model.init_weights()`` (random weights)
+                before loading ``checkpoint``; without a checkpoint the
+                weights are always initialised.
+        """
+        from mmengine.logging import MMLogger
+        from mmengine.optim import build_optim_wrapper
+        from mmengine.runner import load_checkpoint, set_random_seed
+        from mmseg.registry import MODELS
+        device = torch.device(device)
+        if seed is None:
+            seed = (cfg.get('randomness') or {}).get('seed')
+        if seed is not None:
+            set_random_seed(seed)
+        model = MODELS.build(copy.deepcopy(cfg.model))
+        with quiet_logger(MMLogger.get_current_instance()):
+            if checkpoint is None or init_weights:
+                model.init_weights()  # logs every parameter at INFO level
+            if checkpoint is not None:
+                load_checkpoint(model, checkpoint, map_location='cpu',
+                                strict=False, logger='current',
+                                revise_keys=REVISE_KEYS)
+        model = model.to(device)
+        hooks, installed = [], {}
+        for hook in plugin_hooks(cfg):
+            result = hook.install(model)
+            if isinstance(result, dict):
+                installed.update(result)
+            hooks.append(hook)
+        wrapper_cfg = copy.deepcopy(cfg.optim_wrapper)
+        if amp:
+            wrapper_cfg = amp_optim_wrapper_cfg(wrapper_cfg, device)
+        optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
+        return cls(model, optim_wrapper, hooks, installed)
+
+    # -- the step --------------------------------------------------------
+    def prepare(self) -> None:
+        """What the train loop does before each iteration: ``train()``
+        mode, then the hooks' BN layers back to eval (``set_norm_eval``)."""
+        self.model.train()
+        for hook in self.hooks:
+            if callable(getattr(hook, 'set_norm_eval', None)):
+                hook.set_norm_eval()
+
+    def run(self, data: dict) -> Dict[str, torch.Tensor]:
+        """One real ``model.train_step(data, optim_wrapper)``: data
+        preprocessing, forward and loss (in the wrapper's
+        ``optim_context``), backward, clipping, optimizer step, zero_grad.
+
+        Args:
+            data: a batch as the dataloader yields it
+                (``dict(inputs=[(3, H, W) uint8], data_samples=[...])``).
+
+        Returns:
+            the step's ``log_vars`` (floats of the losses).
+        """
+        self.prepare()
+        return self.model.train_step(data, optim_wrapper=self.optim_wrapper)
+
+    def gradients(self, data: dict) -> Dict[str, torch.Tensor]:
+        """The gradients of one forward/backward on ``data`` (no optimizer
+        step, no clipping), by parameter name: float32 copies."""
+        self.prepare()
+        self.model.zero_grad(set_to_none=True)
+        with self.optim_wrapper.optim_context(self.model):
+            batch = self.model.data_preprocessor(data, True)
+            losses = self.model(**batch, mode='loss')
+        loss, _ = self.model.parse_losses(losses)
+        self.optim_wrapper.backward(loss)
+        grads = {
+            name: param.grad.detach().float().clone()
+            for name, param in self.model.named_parameters()
+            if param.requires_grad and param.grad is not None
+        }
+        self.model.zero_grad(set_to_none=True)
+        return grads
+
+    # -- what the benchmarks read ----------------------------------------
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def state_tensors(self) -> List[torch.Tensor]:
+        """Parameters and buffers: the "parameter" side of
+        :class:`mmseg_hosvd.profiling.SavedTensorMeter`."""
+        return list(self.model.parameters()) + list(self.model.buffers())
+
+    def last_stats(self) -> Dict[str, Any]:
+        """The installed convs' ``last_stats`` of the latest forward."""
+        return {
+            path: conv.last_stats
+            for path, conv in self.installed.items()
+            if getattr(conv, 'last_stats', None) is not None
+        }
+
+
+@contextmanager
+def quiet_logger(logger, level: int = 30) -> Iterator[None]:
+    """Raise ``logger`` (e.g. mmengine's current ``MMLogger``) to ``level``
+    (default WARNING) for the duration."""
+    old = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
