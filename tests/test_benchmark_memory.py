@@ -2,6 +2,7 @@
 computed by hand from the architecture and PAPER_SETUP.md's formulas."""
 import json
 import math
+import re
 import os.path as osp
 
 import pytest
@@ -10,6 +11,17 @@ from mmengine.config import Config
 
 import benchmark_memory as bm  # tools/ is on sys.path (conftest)
 from conftest import CONFIGS
+from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS, TrainingStep,
+                               dataset_config, leaf_config_path)
+
+
+def leaf_config(model, setup, method, eps):
+    return leaf_config_path(CONFIGS, model, setup, method, eps)
+
+
+def compact(table: str) -> str:
+    """The table with runs of spaces (tabulate's padding) as one."""
+    return re.sub(' +', ' ', table)
 
 MIB = 2**20
 F32 = 4
@@ -269,7 +281,7 @@ def test_lean_backward_breakdown_by_hand(run, lean_run):
 
 def test_markdown_table(run):
     _, _, records = run
-    table = bm.markdown_table(records)
+    table = compact(bm.markdown_table(records))
     lines = table.splitlines()
     assert len(lines) == 2 + 6
     assert '| fcn | 5L | hosvd eps=0.8, lean exact |' in table
@@ -299,18 +311,18 @@ def test_bad_arguments_name_the_value(argv, message, capsys):
 
 
 def test_leaf_configs_and_eps_override():
-    path, override = bm.leaf_config('fcn', '10L', 'svd', 0.9)
+    path, override = leaf_config('fcn', '10L', 'svd', 0.9)
     assert path.endswith(
         'configs/fcn/fcn_r18-d8_10l-svd-eps0.9_1xb8-20k_voc12aug-512x512.py')
     assert override is None
-    path, override = bm.leaf_config('pspnet-m', '5L', 'hosvd', 0.85)
+    path, override = leaf_config('pspnet-m', '5L', 'hosvd', 0.85)
     assert path.endswith('configs/mobilenet_v2/mobilenet-v2-d8_pspnet_5l-'
                          'hosvd-eps0.8_1xb8-20k_voc12aug-512x512.py')
     assert override == 0.85
-    for model in bm.MODEL_CONFIGS:
-        for setup in bm.SETUPS:
+    for model in MODEL_CONFIGS:
+        for setup in SETUPS:
             for method in bm.METHODS:
-                path, _ = bm.leaf_config(model, setup, method, 0.8)
+                path, _ = leaf_config(model, setup, method, 0.8)
                 assert osp.isfile(path), path
     cfg, _ = bm.load_config('upernet', '10L', 'hosvd', 0.85, (32, 48))
     assert cfg.default_hooks.compression.method == 'hosvd'
@@ -330,11 +342,12 @@ def test_checkpoint_and_data_root(tmp_path, tiny_voc):
     checkpoint = str(tmp_path / 'fcn.pth')
     torch.save(dict(state_dict=state, meta=dict(note='test')), checkpoint)
 
-    model = bm.build_model(cfg, checkpoint, torch.device('cpu'))
+    model = TrainingStep.from_config(cfg, 'cpu', checkpoint=checkpoint,
+                                     init_weights=False).model
     key = 'decode_head.conv_cat.conv.weight'
     assert torch.equal(model.state_dict()[key], state[key])
 
-    dataset = bm.dataset_config(cfg, tiny_voc, (CROP, CROP))
+    dataset = dataset_config(cfg, tiny_voc, (CROP, CROP))
     assert dataset['type'] == 'PascalVOCDataset'
     assert dataset['ann_file'] == 'ImageSets/Segmentation/train.txt'
     crop = [t for t in dataset['pipeline'] if t['type'] == 'RandomCrop']

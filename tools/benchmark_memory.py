@@ -200,15 +200,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # configs
 # ---------------------------------------------------------------------------
 def load_config(model: str, setup: str, method: str, eps: Optional[float],
-                crop: Tuple[int, int], lean_backward: str):
+                crop: Tuple[int, int], lean_backward: Optional[str] = None):
     """The leaf config of one combination, its compression hook's
-    ``lean_backward`` set, and its path."""
+    ``lean_backward`` set (None: the config's), and its path."""
     path, _ = leaf_config_path(CONFIGS, model, setup, method, eps)
     try:
         cfg = load_leaf_config(CONFIGS, model, setup, method, eps, crop)
     except (FileNotFoundError, ValueError) as error:
         raise SystemExit(str(error)) from None
-    cfg.default_hooks.compression.lean_backward = lean_backward
+    if lean_backward is not None:
+        cfg.default_hooks.compression.lean_backward = lean_backward
     return cfg, path
 
 

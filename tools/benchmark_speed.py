@@ -1,14 +1,15 @@
 """Training-step time of vanilla vs compressed fine-tuning, side by side.
 
-For each ``--models`` x ``--setups`` it builds the model of the setup's leaf
-config under ``configs/`` once (``MODELS.build``, random initialisation with
-``--seed`` unless ``--checkpoint``), gives every method of ``--methods`` its
-own copy with the compression hook of the config
-(``HOOKS.build(cfg.default_hooks.compression)`` with ``method``/``eps``
-replaced, ``hook.install(model)``) and an optimizer with the config's
-settings (SGD, gradient clipping) on the trainable parameters, and times full
-training steps on one fixed batch: forward (``mode='loss'``), backward,
-clipping + optimizer step. The methods run **round-robin, one step each per
+For each ``--models`` x ``--setups`` it gives every method of ``--methods``
+its own :class:`mmseg_hosvd.bench.TrainingStep`, built from the setup's
+vanilla leaf config under ``configs/`` with the compression hook's
+``method``/``eps``/``lean_backward`` replaced (same ``--seed``, hence the
+same random weights unless ``--checkpoint``): model, plugin hooks and the
+config's optim wrapper (SGD, gradient clipping) by mmengine's builders. It
+times real ``model.train_step`` calls on one fixed batch, split by
+:class:`mmseg_hosvd.bench.StepProbe` into forward (``mode='loss'``),
+backward and clipping + optimizer step (data preprocessing excluded). The
+methods run **round-robin, one step each per
 round** (the first method of a round rotates), so that a concurrent load
 slows them alike; ``--warmup`` rounds are dropped (they include the first
 step of ``asi``, which fixes its ranks), ``--iters`` rounds are measured.
@@ -41,14 +42,14 @@ Without ``--checkpoint`` the weights are random; without ``--data-root`` the
 images are smooth random noise and the labels random (seeded).
 """
 import argparse
-import copy
 import gc
+import json
+import math
 import os
 import os.path as osp
 import platform
 import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -59,25 +60,16 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
-from benchmark_memory import eps_value, positive_int, quiet_logger  # noqa: E402,E501
+from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
+                               StepProbe, SyncTimer, TrainingStep,
+                               folder_batch, load_leaf_config, smooth_batch)
 from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
-from mmseg_hosvd.ops import (distinct_kept_bytes, hosvd,  # noqa: E402
+from mmseg_hosvd.ops import (MIB, distinct_kept_bytes,  # noqa: E402
+                             explained_variance_rank, hosvd,
                              subspace_iteration_step)
-from mmseg_hosvd.ops.decomposition import (  # noqa: E402
-    explained_variance_rank, multi_mode_product)
+from mmseg_hosvd.ops.decomposition import multi_mode_product  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs')
-MIB = 2**20
-#: --models choice -> (config folder, config model name)
-MODEL_CONFIGS = {
-    'pspnet': ('pspnet', 'pspnet_r18-d8'),
-    'pspnet-m': ('mobilenet_v2', 'mobilenet-v2-d8_pspnet'),
-    'deeplabv3': ('deeplabv3', 'deeplabv3_r18-d8'),
-    'deeplabv3-m': ('mobilenet_v2', 'mobilenet-v2-d8_deeplabv3'),
-    'fcn': ('fcn', 'fcn_r18-d8'),
-    'upernet': ('upernet', 'upernet_r18'),
-}
-SETUPS = ('5L', '10L')
 METHODS = ('vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi')
 EPS_METHODS = ('svd', 'hosvd', 'asi')
 
@@ -85,6 +77,29 @@ EPS_METHODS = ('svd', 'hosvd', 'asi')
 # ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
+def eps_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'eps must be a number in (0, 1], got {text!r}') from None
+    if not 0 < value <= 1:  # also rejects NaN
+        raise argparse.ArgumentTypeError(
+            f'eps must be in (0, 1], got {text!r}')
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f'expected an integer >= 1, got {text!r}')
+    return value
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
@@ -137,6 +152,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--profile', action='store_true',
                         help='one extra profiled step per method')
     parser.add_argument('--profile-rows', type=positive_int, default=15)
+    parser.add_argument('--json', default=None, metavar='PATH',
+                        help='also write the tables\' rows as JSON')
     args = parser.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -158,138 +175,51 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------
-# config, model, data
+# data and contenders
 # ---------------------------------------------------------------------------
-def load_config(model: str, setup: str, crop: Tuple[int, int]):
-    from mmengine.config import Config
-    folder, name = MODEL_CONFIGS[model]
-    path = osp.join(CONFIGS, folder, f'{name}_{setup.lower()}-vanilla_'
-                    '1xb8-20k_voc12aug-512x512.py')
-    cfg = Config.fromfile(path)
-    cfg.model.data_preprocessor.size = tuple(crop)
-    return cfg, path
-
-
-def build_model(cfg, checkpoint: Optional[str], seed: int,
-                device: torch.device) -> torch.nn.Module:
-    from mmengine.runner import set_random_seed
-    from mmseg.registry import MODELS
-    set_random_seed(seed)
-    model = MODELS.build(cfg.model)
-    with quiet_logger():
-        model.init_weights()
-        if checkpoint is not None:
-            from mmengine.runner.checkpoint import load_state_dict
-            state = torch.load(checkpoint, map_location='cpu',
-                               weights_only=True)
-            state = state.get('state_dict', state)
-            state = {k[7:] if k.startswith('module.') else k: v
-                     for k, v in state.items()}
-            load_state_dict(model, state, strict=False, logger='current')
-    return model.to(device)
-
-
-def smooth_images(batch: int, crop: Tuple[int, int],
-                  generator: torch.Generator) -> List[torch.Tensor]:
-    """uint8 images: coarse random colour fields, upsampled, plus noise."""
-    height, width = crop
-    coarse = torch.rand(batch, 3, max(2, height // 32), max(2, width // 32),
-                        generator=generator)
-    images = F.interpolate(coarse, size=crop, mode='bilinear',
-                           align_corners=False)
-    images = images + 0.05 * torch.randn(images.shape, generator=generator)
-    return list((images.clamp(0, 1) * 255).to(torch.uint8))
-
-
-def folder_images(root: str, batch: int,
-                  crop: Tuple[int, int]) -> Tuple[List[torch.Tensor], List]:
-    """The first ``batch`` train images of a VOC tree, centre crops, and
-    their labels (None where no label file is found)."""
-    import mmcv
-    names_file = osp.join(root, 'ImageSets', 'Segmentation', 'train.txt')
-    with open(names_file) as f:
-        names = [line.split()[0] for line in f if line.strip()][:batch]
-    if len(names) < batch:
-        raise SystemExit(f'{names_file}: fewer than {batch} images')
-    images, labels = [], []
-    for name in names:
-        image = mmcv.imread(osp.join(root, 'JPEGImages', name + '.jpg'),
-                            channel_order='rgb')
-        label = None
-        for folder in ('SegmentationClass', 'SegmentationClassAug'):
-            path = osp.join(root, folder, name + '.png')
-            if osp.isfile(path):
-                label = mmcv.imread(path, flag='unchanged')
-                break
-        height, width = crop
-        scale = max(height / image.shape[0], width / image.shape[1])
-        if scale > 1:
-            image = mmcv.imrescale(image, scale)
-            if label is not None:
-                label = mmcv.imrescale(label, scale, interpolation='nearest')
-        top = (image.shape[0] - height) // 2
-        left = (image.shape[1] - width) // 2
-        image = image[top:top + height, left:left + width]
-        images.append(torch.from_numpy(image.copy()).permute(2, 0, 1))
-        if label is not None:
-            label = label[top:top + height, left:left + width]
-            labels.append(torch.from_numpy(label.copy()).long()[None])
-        else:
-            labels.append(None)
-    return images, labels
-
-
-def make_batch(model: torch.nn.Module, args, num_classes: int) -> dict:
-    """One preprocessed batch (the data preprocessor runs once)."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    generator = torch.Generator().manual_seed(args.seed)
-    height, width = args.crop
+def make_batch(args, num_classes: int) -> dict:
+    """One batch as the dataloader yields it: smooth random images, or the
+    first train images of ``--data-root``, centre-cropped."""
     if args.data_root is None:
-        images = smooth_images(args.batch_size, args.crop, generator)
-        labels = [None] * args.batch_size
-    else:
-        images, labels = folder_images(args.data_root, args.batch_size,
-                                       args.crop)
-    samples = []
-    for label in labels:
-        if label is None:
-            label = torch.randint(0, num_classes, (1, height, width),
-                                  generator=generator)
-        sample = SegDataSample(metainfo=dict(img_shape=(height, width),
-                                             ori_shape=(height, width)))
-        sample.gt_sem_seg = PixelData(data=label)
-        samples.append(sample)
-    with torch.no_grad():
-        return model.data_preprocessor(
-            dict(inputs=images, data_samples=samples), training=True)
+        return smooth_batch(args.batch_size, args.crop, num_classes,
+                            args.seed)
+    try:
+        return folder_batch(args.data_root, args.batch_size, args.crop,
+                            num_classes, args.seed)
+    except ValueError as error:
+        raise SystemExit(f'--data-root: {error}') from None
 
 
 class Contender:
-    """One method: its own model copy, hook, optimizer and timings."""
+    """One method: its own training step (model, hooks, optim wrapper) and
+    timings (seconds)."""
 
-    def __init__(self, method: str, base: torch.nn.Module, cfg, args,
+    def __init__(self, method: str, model_name: str, setup: str, args,
                  lean_backward: str = 'exact'):
-        from mmengine.registry import HOOKS, OPTIMIZERS
         self.method = method
         self.lean_backward = lean_backward
-        self.model = copy.deepcopy(base)
-        hook_cfg = copy.deepcopy(cfg.default_hooks.compression)
-        hook_cfg['method'] = method
-        hook_cfg['lean_backward'] = lean_backward
+        cfg = load_leaf_config(CONFIGS, model_name, setup, 'vanilla',
+                               crop=args.crop)
+        self.config = cfg.filename
+        hook_cfg = cfg.default_hooks.compression
+        hook_cfg.method = method
+        hook_cfg.lean_backward = lean_backward
         if method in EPS_METHODS:
-            hook_cfg['eps'] = args.eps
+            hook_cfg.eps = args.eps
         if method == 'asi':
-            hook_cfg['seed'] = args.seed
+            hook_cfg.seed = args.seed
             if args.asi_budget_mib is not None:
-                hook_cfg['budget_mib'] = args.asi_budget_mib
-        self.hook = HOOKS.build(hook_cfg)
-        self.installed = self.hook.install(self.model)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer_cfg = copy.deepcopy(cfg.optim_wrapper.optimizer)
-        self.optimizer = OPTIMIZERS.build(dict(optimizer_cfg,
-                                               params=self.params))
-        self.clip = cfg.optim_wrapper.get('clip_grad')
+                hook_cfg.budget_mib = args.asi_budget_mib
+        self.num_classes = cfg.model.decode_head.num_classes
+        self.training = TrainingStep.from_config(
+            cfg, args.device, checkpoint=args.checkpoint, seed=args.seed)
+        self.installed = self.training.installed
+        self.model = self.training.model
+        self.probe = StepProbe(self.model,
+                               self.training.optim_wrapper.optimizer,
+                               self.training.trainable_parameters(),
+                               self.training.state_tensors(),
+                               torch.device(args.device))
         self.times: Dict[str, List[float]] = dict(forward=[], backward=[],
                                                   optimizer=[], step=[])
         self.last_stats = {}
@@ -298,44 +228,19 @@ class Contender:
     def label(self) -> str:
         return f'{self.method}, lean {self.lean_backward}'
 
-    def step(self, data: dict, device: torch.device,
-             record: bool) -> float:
-        model = self.model
-        model.train()
-        self.hook.set_norm_eval()
-        self.optimizer.zero_grad(set_to_none=True)
+    def step(self, data: dict, record: bool) -> float:
+        """One real ``train_step``; returns its forward + backward +
+        optimizer time (s)."""
         gc.collect()
-        _sync(device)
-        start = time.perf_counter()
-        losses = model(**data, mode='loss')
-        loss, _ = model.parse_losses(losses)
-        _sync(device)
-        forward_done = time.perf_counter()
-        loss.backward()
-        _sync(device)
-        backward_done = time.perf_counter()
-        if self.clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, **self.clip)
-        self.optimizer.step()
-        _sync(device)
-        done = time.perf_counter()
-        del losses, loss
-        self.last_stats = {
-            path: conv.last_stats
-            for path, conv in self.installed.items()
-            if conv.last_stats is not None
-        }
+        with self.probe:
+            measured = self.probe.measure(lambda: self.training.run(data))
+        self.last_stats = self.training.last_stats()
         if record:
-            self.times['forward'].append(forward_done - start)
-            self.times['backward'].append(backward_done - forward_done)
-            self.times['optimizer'].append(done - backward_done)
-            self.times['step'].append(done - start)
-        return done - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+            self.times['forward'].append(measured.forward_s)
+            self.times['backward'].append(measured.backward_s)
+            self.times['optimizer'].append(measured.optimizer_s)
+            self.times['step'].append(measured.step_s)
+        return measured.step_s
 
 
 def median_ms(values: Sequence[float]) -> float:
@@ -361,19 +266,19 @@ def reference_hosvd(x: torch.Tensor, eps: float):
 
 def time_ms(function: Callable[[], object], repeats: int,
             device: torch.device, warmup: bool = True) -> float:
+    """Median wall time (ms) of ``function()`` with a synchronised timer."""
+    timer = SyncTimer(device)
     if warmup:
         function()
     times = []
     for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+        start = timer.now()
         function()
-        _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append(timer.now() - start)
     return median_ms(times)
 
 
-def capture_inputs(contender: Contender, data: dict
+def capture_inputs(contender: Contender, batch: dict
                    ) -> List[Tuple[List[str], torch.Tensor]]:
     """The inputs of the installed convs in one forward, grouped by tensor
     identity: ``[(conv paths, input)]`` in execution order."""
@@ -386,9 +291,11 @@ def capture_inputs(contender: Contender, data: dict
             groups.setdefault(id(tensor), ([], tensor))[0].append(path)
 
         handles.append(conv.register_forward_pre_hook(grab))
+    model = contender.model
     try:
         with torch.no_grad():
-            contender.model(**data, mode='tensor')
+            data = model.data_preprocessor(batch, True)
+            model(**data, mode='tensor')
     finally:
         for handle in handles:
             handle.remove()
@@ -400,12 +307,16 @@ def layer_rows(contender: Contender, data: dict, args,
     rows = []
     for paths, x in capture_inputs(contender, data):
         convs = [contender.installed[p] for p in paths]
+        if any(conv.padding_mode != 'zeros' for conv in convs):
+            raise SystemExit(f'{paths}: padding_mode other than zeros is '
+                             'not timed')
         x = x.contiguous()
 
         def forward_convs():
             with torch.no_grad():
                 for conv in convs:
-                    conv._conv_forward(x, conv.weight, conv.bias)
+                    F.conv2d(x, conv.weight, conv.bias, conv.stride,
+                             conv.padding, conv.dilation, conv.groups)
 
         with torch.no_grad():
             conv_ms = time_ms(forward_convs, args.layer_repeats, device)
@@ -446,46 +357,94 @@ def _ranks_label(contender: Contender) -> str:
     return text + (' ...' if len(distinct) > 3 else '')
 
 
-def print_step_table(contenders: List[Contender], args) -> None:
+def step_rows(contenders: List[Contender], args) -> List[dict]:
+    """Per contender: median times (ms), ratios to vanilla, kept MiB and
+    ranks."""
     vanilla = contenders[0]
     base = statistics.median(vanilla.times['step'])
-    print('| method | lean_backward | forward ms | backward ms | optim ms | '
-          'step ms | step / vanilla | per-round ratio (median) | step / '
-          'same method, first lean mode | kept MiB | ranks |')
-    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|')
+    rows = []
     for c in contenders:
         same = next(o for o in contenders if o.method == c.method)
-        lean_ratio = statistics.median(
-            s / o for s, o in zip(c.times['step'], same.times['step']))
         step = statistics.median(c.times['step'])
-        paired = statistics.median(
-            s / v for s, v in zip(c.times['step'], vanilla.times['step']))
         stats = list(c.last_stats.values())
-        kept = distinct_kept_bytes(stats) / MIB if stats else float('nan')
         name = c.method + (f' (eps {args.eps:g})'
                            if c.method in EPS_METHODS else '')
         if c.method == 'asi' and args.asi_budget_mib is not None:
             name = f'asi (budget {args.asi_budget_mib:g} MiB)'
-        print(f'| {name} | {c.lean_backward} | '
-              f'{median_ms(c.times["forward"]):.0f} | '
-              f'{median_ms(c.times["backward"]):.0f} | '
-              f'{median_ms(c.times["optimizer"]):.0f} | '
-              f'{1e3 * step:.0f} | {step / base:.3f} | {paired:.3f} | '
-              f'{lean_ratio:.3f} | {kept:.2f} | {_ranks_label(c)} |')
+        rows.append(dict(
+            method=name,
+            lean_backward=c.lean_backward,
+            forward_ms=median_ms(c.times['forward']),
+            backward_ms=median_ms(c.times['backward']),
+            optimizer_ms=median_ms(c.times['optimizer']),
+            step_ms=1e3 * step,
+            step_ratio=step / base,
+            paired_ratio=statistics.median(
+                s / v for s, v in zip(c.times['step'],
+                                      vanilla.times['step'])),
+            lean_ratio=statistics.median(
+                s / o for s, o in zip(c.times['step'], same.times['step'])),
+            kept_mib=(distinct_kept_bytes(stats) / MIB
+                      if stats else float('nan')),
+            ranks=_ranks_label(c)))
+    return rows
 
 
-def print_layer_table(rows: List[dict], args) -> None:
-    print(f'| input of | shape | hosvd ranks (eps {args.eps:g}) | conv fwd '
-          'ms | hosvd ms | hosvd / conv | asi step ms | asi / conv | '
-          '4x svd HOSVD ms | 4x svd / hosvd |')
-    print('|---|---|---|---:|---:|---:|---:|---:|---:|---:|')
-    for r in rows:
-        print(f'| {_paths_label(r["paths"])} | '
-              f'{tuple(r["shape"])} | {tuple(r["ranks"])} | '
-              f'{r["conv_ms"]:.1f} | {r["hosvd_ms"]:.1f} | '
-              f'{r["hosvd_ms"] / r["conv_ms"]:.2f} | {r["asi_ms"]:.1f} | '
-              f'{r["asi_ms"] / r["conv_ms"]:.3f} | {r["svd_ms"]:.0f} | '
-              f'{r["svd_ms"] / r["hosvd_ms"]:.1f}x |')
+STEP_COLUMNS = (('method', 'method', None), ('lean_backward',
+                                             'lean_backward', None),
+                ('forward_ms', 'forward ms', '.0f'),
+                ('backward_ms', 'backward ms', '.0f'),
+                ('optimizer_ms', 'optim ms', '.0f'),
+                ('step_ms', 'step ms', '.0f'),
+                ('step_ratio', 'step / vanilla', '.3f'),
+                ('paired_ratio', 'per-round ratio (median)', '.3f'),
+                ('lean_ratio', 'step / same method, first lean mode', '.3f'),
+                ('kept_mib', 'kept MiB', '.2f'), ('ranks', 'ranks', None))
+
+
+def _cell(value, spec: Optional[str]) -> str:
+    if spec is None:
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return '-'
+    return format(value, spec)
+
+
+def markdown(rows: List[dict], columns) -> str:
+    """A github markdown table of ``rows`` (dicts) with ``columns``:
+    ``(key, header, format spec or None for text)``."""
+    from tabulate import tabulate
+    return tabulate(
+        [[_cell(row[key], spec) for key, _, spec in columns]
+         for row in rows],
+        headers=[header for _, header, _ in columns], tablefmt='github',
+        disable_numparse=True,
+        colalign=['left' if spec is None else 'right'
+                  for _, _, spec in columns])
+
+
+def layer_columns(eps: float):
+    return (('input', 'input of', None), ('shape', 'shape', None),
+            ('ranks', f'hosvd ranks (eps {eps:g})', None),
+            ('conv_ms', 'conv fwd ms', '.1f'), ('hosvd_ms', 'hosvd ms',
+                                                '.1f'),
+            ('hosvd_per_conv', 'hosvd / conv', '.2f'),
+            ('asi_ms', 'asi step ms', '.1f'),
+            ('asi_per_conv', 'asi / conv', '.3f'),
+            ('svd_ms', '4x svd HOSVD ms', '.0f'),
+            ('svd_per_hosvd', '4x svd / hosvd', '.1f'))
+
+
+def layer_table_rows(rows: List[dict]) -> List[dict]:
+    return [
+        dict(input=_paths_label(r['paths']), shape=str(tuple(r['shape'])),
+             ranks=str(tuple(r['ranks'])), conv_ms=r['conv_ms'],
+             hosvd_ms=r['hosvd_ms'],
+             hosvd_per_conv=r['hosvd_ms'] / r['conv_ms'],
+             asi_ms=r['asi_ms'], asi_per_conv=r['asi_ms'] / r['conv_ms'],
+             svd_ms=r['svd_ms'], svd_per_hosvd=r['svd_ms'] / r['hosvd_ms'])
+        for r in rows
+    ]
 
 
 def profile_step(contender: Contender, data: dict, device: torch.device,
@@ -495,7 +454,7 @@ def profile_step(contender: Contender, data: dict, device: torch.device,
     if device.type == 'cuda':
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
-        contender.step(data, device, record=False)
+        contender.step(data, record=False)
     sort = 'self_cuda_time_total' if device.type == 'cuda' else \
         'self_cpu_time_total'
     print(f'\nprofile of one {contender.method} step (top {rows} by self '
@@ -513,26 +472,26 @@ def load_text() -> str:
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
-def run(args, model_name: str, setup: str) -> None:
+def run(args, model_name: str, setup: str) -> dict:
+    """Time every contender of one model/setup; print the tables; return
+    ``dict(model, setup, steps=[step rows], layers=[layer rows])``."""
     from mmseg.utils import register_all_modules
     register_all_modules()
     device = torch.device(args.device)
-    cfg, path = load_config(model_name, setup, args.crop)
-    base = build_model(cfg, args.checkpoint, args.seed, device)
-    data = make_batch(base, args, cfg.model.decode_head.num_classes)
     contenders = [
-        Contender(m, base, cfg, args, lean) for m in args.methods
+        Contender(m, model_name, setup, args, lean) for m in args.methods
         for lean in args.lean_backward
     ]
-    del base
+    data = make_batch(args, contenders[0].num_classes)
     device_name = (torch.cuda.get_device_name(device)
                    if device.type == 'cuda' else platform.processor() or
                    platform.machine())
     print(f'\n## {model_name} {setup}: batch {args.batch_size}, crop '
           f'{args.crop[0]}x{args.crop[1]}, {args.iters} measured rounds '
           f'after {args.warmup} warm-up\n')
-    print(f'config `{osp.relpath(path, REPO)}` (method/eps replaced); '
-          f'weights: {args.checkpoint or "random init (seed %d)" % args.seed}'
+    print(f'config `{osp.relpath(contenders[0].config, REPO)}` (method/eps '
+          'replaced); weights: '
+          f'{args.checkpoint or "random init (seed %d)" % args.seed}'
           f'; data: {args.data_root or "smooth random images"}; device '
           f'{device.type} ({device_name}), torch {torch.__version__}, '
           f'{torch.get_num_threads()} threads; load average before: '
@@ -542,31 +501,40 @@ def run(args, model_name: str, setup: str) -> None:
         record = index >= args.warmup
         shift = index % len(contenders)
         for c in contenders[shift:] + contenders[:shift]:
-            c.step(data, device, record)
+            c.step(data, record)
         print(f'  round {index + 1}/{rounds} '
               f'{"measured" if record else "warm-up"}: ' + ', '.join(
                   f'{c.label} {1e3 * c.times["step"][-1]:.0f} ms'
                   if record else c.label for c in contenders) +
               f' (load {load_text()})', file=sys.stderr, flush=True)
-    print_step_table(contenders, args)
+    steps = step_rows(contenders, args)
+    print(markdown(steps, STEP_COLUMNS))
     print(f'\nload average after: {load_text()}')
+    layers = []
     if args.layers:
         print()
-        rows = layer_rows(contenders[0], data, args, device)
-        print_layer_table(rows, args)
+        layers = layer_table_rows(
+            layer_rows(contenders[0], data, args, device))
+        print(markdown(layers, layer_columns(args.eps)))
         print(f'\nload average after the layer table: {load_text()}')
     if args.profile:
         for c in contenders:
             profile_step(c, data, device, args.profile_rows)
     sys.stdout.flush()
+    return dict(model=model_name, setup=setup, steps=steps, layers=layers)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    for model_name in args.models:
-        for setup in args.setups:
-            run(args, model_name, setup)
+    results = [
+        run(args, model_name, setup) for model_name in args.models
+        for setup in args.setups
+    ]
+    if args.json is not None:
+        with open(args.json, 'w') as f:
+            json.dump(results, f, indent=2)
+    return results
 
 
 if __name__ == '__main__':
