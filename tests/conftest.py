@@ -10,7 +10,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(REPO, 'tools'))
 
 import mmseg_hosvd  # noqa: E402,F401  (fallback for mmcv.ops, hooks)
-from make_tiny_voc import make_tiny_voc  # noqa: E402
+from mmseg_hosvd.datasets import make_tiny_camvid, make_tiny_voc  # noqa: E402,E501
 
 CONFIGS = osp.join(REPO, 'configs')
 TINY_CROP = (64, 64)
@@ -21,6 +21,14 @@ def tiny_voc(tmp_path_factory) -> str:
     """A generated VOC-layout tree: 8 train and 4 val images of 80x80."""
     root = str(tmp_path_factory.mktemp('tiny_voc'))
     return make_tiny_voc(root, num_train=8, num_val=4, size=80)
+
+
+@pytest.fixture(scope='session')
+def tiny_camvid(tmp_path_factory) -> str:
+    """A generated tree in the CamVid experiment's layout (11 classes,
+    splits source_train, target_train, target_val, val), 96x96 images."""
+    root = str(tmp_path_factory.mktemp('tiny_camvid'))
+    return make_tiny_camvid(root)
 
 
 def tiny_pipelines(crop=TINY_CROP):

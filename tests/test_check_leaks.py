@@ -1,5 +1,7 @@
-"""tools/check_leaks.py: its verdict, and a short real run on CamVid (the
-300-iteration check itself is run by hand, see the tool's docstring)."""
+"""tools/check_leaks.py: its verdict, and short real runs: on a generated
+tree in the CamVid layout (always) and on CamVid itself (skipped without
+``../shared/data/camvid_voc``). The 300-iteration check itself is run by
+hand, see the tool's docstring."""
 import os.path as osp
 import re
 import subprocess
@@ -7,9 +9,12 @@ import sys
 
 import pytest
 
-from check_leaks import (DEFAULT_DATA, RssSample, current_rss_mib,
-                         peak_rss_mib, relative_growth, verdict)
+from check_leaks import (RssSample, current_rss_mib, peak_rss_mib,
+                         relative_growth, verdict)
 from conftest import REPO
+
+#: the real CamVid tree, relative to the repository root
+CAMVID = osp.normpath(osp.join(REPO, '..', 'shared', 'data', 'camvid_voc'))
 
 SAMPLE = re.compile(r'^after iteration (\d+): peak RSS ([\d.]+) MiB, '
                     r'current RSS ([\d.]+) MiB$', re.M)
@@ -39,15 +44,28 @@ def test_rss_readings_are_plausible():
     del ballast
 
 
-@pytest.mark.skipif(not osp.isdir(DEFAULT_DATA),
-                    reason=f'CamVid (VOC layout) not found at {DEFAULT_DATA}')
-def test_short_run_prints_both_figures(tmp_path):
-    result = subprocess.run([
+def short_run(tmp_path, data_root: str, iters: int, check_at: int):
+    return subprocess.run([
         sys.executable,
-        osp.join(REPO, 'tools', 'check_leaks.py'), '--iters', '12',
-        '--check-at', '4', '--crop', '48', '--batch-size', '2',
-        '--work-dir', str(tmp_path)
+        osp.join(REPO, 'tools', 'check_leaks.py'), '--iters',
+        str(iters), '--check-at',
+        str(check_at), '--crop', '48', '--batch-size', '2', '--work-dir',
+        str(tmp_path), '--data-root', data_root
     ], capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+@pytest.mark.skipif(not osp.isdir(CAMVID),
+                    reason=f'CamVid (VOC layout) not found at {CAMVID}')
+def test_short_run_on_camvid(tmp_path):
+    result = short_run(tmp_path, CAMVID, 3, 1)
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    samples = SAMPLE.findall(result.stdout)
+    assert [int(s[0]) for s in samples] == [1, 3], result.stdout
+    assert GROWTH.search(result.stdout), result.stdout
+
+
+def test_short_run_prints_both_figures(tmp_path, tiny_camvid):
+    result = short_run(tmp_path, tiny_camvid, 12, 4)
     assert result.returncode in (0, 1), result.stderr[-3000:]
     samples = SAMPLE.findall(result.stdout)
     assert [int(s[0]) for s in samples] == [4, 12], result.stdout

@@ -1,6 +1,6 @@
 """The README's main command: a HOSVD fine-tuning run on a generated dataset.
 
-1. writes a tiny VOC-layout dataset to ``data/tiny_voc`` (tools/make_tiny_voc.py);
+1. writes a tiny VOC-layout dataset to ``data/tiny_voc`` (mmseg_hosvd.datasets.make_tiny_voc);
 2. runs ``mim train mmsegmentation configs/demo/<config> --work-dir ...``;
 3. prints the final mIoU/mAcc and the activation-memory summary that
    :class:`ActivationMemoryHook` wrote to the work_dir.
@@ -17,10 +17,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from make_tiny_voc import make_tiny_voc  # noqa: E402
-
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from mmseg_hosvd.datasets import make_tiny_voc  # noqa: E402
+
 DEFAULT_CONFIG = osp.join(REPO, 'configs', 'demo',
                           'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
 

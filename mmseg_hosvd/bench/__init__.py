@@ -7,11 +7,14 @@
   meter can wrap the step.
 * :mod:`.configs`: the benchmarks' models and leaf configs.
 * :mod:`.data`: synthetic and dataset batches.
+* :class:`StepProbeHook`, :class:`ProgressBarHook`: the probe and a
+  progress bar as Runner hooks.
 """
 from .configs import (LEAF_EPS, MODEL_CONFIGS, SETUPS, eps_tag,
                       leaf_config_path, load_leaf_config)
 from .data import (dataset_batches, dataset_config, fixed_batches,
                    folder_batch, smooth_batch, synthetic_batches)
+from .hooks import ProgressBarHook, StepProbeHook
 from .probe import StepMeasurement, StepProbe, SyncTimer
 from .step import (CPUBFloat16OptimWrapper, TrainingStep,
                    amp_optim_wrapper_cfg, plugin_hooks, quiet_logger)
@@ -19,7 +22,8 @@ from .step import (CPUBFloat16OptimWrapper, TrainingStep,
 __all__ = [
     'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',
     'load_leaf_config', 'dataset_batches', 'dataset_config', 'fixed_batches',
-    'folder_batch', 'smooth_batch', 'synthetic_batches', 'StepMeasurement',
+    'folder_batch', 'smooth_batch', 'synthetic_batches', 'ProgressBarHook',
+    'StepProbeHook', 'StepMeasurement',
     'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
     'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
 ]

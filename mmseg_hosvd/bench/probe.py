@@ -18,7 +18,7 @@ whole step (:meth:`StepProbe.measure`).
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,14 +45,15 @@ class StepMeasurement:
 
     ``saved_bytes``: activation storages autograd saved in the forward and
     still held before backward (each once); ``saved_param_bytes``: saved
-    parameters and buffers; ``breakdown``: the graph walk (if asked for);
+    parameters and buffers (both None when not metered); ``breakdown``: the
+    graph walk (if asked for);
     ``peak_bytes``: the peak meter's reading (None without one).
     """
     forward_s: float
     backward_s: float
     optimizer_s: float
-    saved_bytes: int
-    saved_param_bytes: int
+    saved_bytes: Optional[int]
+    saved_param_bytes: Optional[int]
     breakdown: Optional[GraphBreakdown] = None
     peak_bytes: Optional[int] = None
     result: Any = None
@@ -108,7 +109,8 @@ class StepProbe:
         self._armed = False
         self._points: dict = {}
         self._meter: Optional[SavedTensorMeter] = None
-        self._saved = (0, 0)
+        self._metered = True
+        self._saved: Tuple[Optional[int], Optional[int]] = (None, None)
         self._graph: Optional[GraphBreakdown] = None
 
     # -- hooks -------------------------------------------------------------
@@ -139,17 +141,22 @@ class StepProbe:
         if not self._armed or 'forward_start' in self._points:
             return
         self._points['forward_start'] = self.timer.now()
-        self._meter = SavedTensorMeter(self.state)
-        self._meter.__enter__()
+        if self._metered:
+            self._meter = SavedTensorMeter(self.state)
+            self._meter.__enter__()
 
     def _forward_end(self, module: nn.Module, args: Any,
                      output: Any) -> None:
-        if self._meter is None:
+        if (not self._armed or 'forward_start' not in self._points
+                or 'forward_end' in self._points):
             return
         meter, self._meter = self._meter, None
-        meter.__exit__(None, None, None)
+        if meter is not None:
+            meter.__exit__(None, None, None)
         self._points['forward_end'] = self.timer.now()
-        self._saved = (meter.activation_bytes(), meter.parameter_bytes())
+        if meter is not None:
+            self._saved = (meter.activation_bytes(),
+                           meter.parameter_bytes())
         if self.breakdown:
             self._graph = saved_breakdown(_grad_roots(output), self.state)
         self._points['backward_start'] = self.timer.now()
@@ -164,11 +171,14 @@ class StepProbe:
             self._points.setdefault('step_end', self.timer.now())
 
     # -- measuring ---------------------------------------------------------
-    def arm(self) -> None:
-        """Measure the next forward/backward/optimizer step."""
+    def arm(self, saved: bool = True) -> None:
+        """Measure the next forward/backward/optimizer step; ``saved``:
+        also meter the saved tensors (a pack hook per saved tensor)."""
         if not self._handles:
             raise RuntimeError('StepProbe: use it as a context manager')
-        self._points, self._graph, self._saved = {}, None, (0, 0)
+        self._points, self._graph = {}, None
+        self._saved = (None, None)
+        self._metered = saved
         self._armed = True
 
     def collect(self) -> StepMeasurement:

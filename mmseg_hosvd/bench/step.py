@@ -114,21 +114,25 @@ class TrainingStep:
                     checkpoint: Optional[str] = None,
                     amp: bool = False,
                     seed: Optional[int] = None,
-                    init_weights: bool = True) -> 'TrainingStep':
+                    init_weights: bool = True,
+                    strict: bool = False) -> 'TrainingStep':
         """Build everything from ``cfg``.
 
         Args:
             cfg: an mmengine ``Config`` of a plugin run.
             device: where the model runs.
             checkpoint: weights to load with
-                ``mmengine.runner.load_checkpoint`` (non-strict, ``module.``
-                prefixes stripped); None: random initialisation.
+                ``mmengine.runner.load_checkpoint`` (``module.`` prefixes
+                stripped); None: random initialisation.
             amp: mixed precision (see the module docstring).
             seed: ``mmengine.runner.set_random_seed`` before building;
                 None: the config's ``randomness.seed`` if any.
             init_weights: call ``model.init_weights()`` (random weights)
                 before loading ``checkpoint``; without a checkpoint the
                 weights are always initialised.
+            strict: load ``checkpoint`` strictly (every key must match;
+                default: keys missing or extra are logged, e.g. a
+                classifier of another class count).
         """
         from mmengine.logging import MMLogger
         from mmengine.optim import build_optim_wrapper
@@ -145,7 +149,7 @@ class TrainingStep:
                 model.init_weights()  # logs every parameter at INFO level
             if checkpoint is not None:
                 load_checkpoint(model, checkpoint, map_location='cpu',
-                                strict=False, logger='current',
+                                strict=strict, logger='current',
                                 revise_keys=REVISE_KEYS)
         model = model.to(device)
         hooks, installed = [], {}

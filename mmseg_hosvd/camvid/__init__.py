@@ -1,0 +1,17 @@
+"""The CamVid daytime -> dusk experiment's pieces (the driver is
+``tools/camvid_experiment.py``): config editing (:mod:`.configs`), runs,
+evaluation and provenance (:mod:`.runs`), tables and plot
+(:mod:`.report`)."""
+from .configs import (DEPTHS, METHODS, MODELS, SMOKE, SPLITS, eval_cfg,
+                      finetune_config, pretrain_config, run_cfg, set_data,
+                      set_schedule, stem)
+from .report import markdown, pareto
+from .runs import (dump_json, evaluate, git_commit, load_json, rel, sha256,
+                   train)
+
+__all__ = [
+    'DEPTHS', 'METHODS', 'MODELS', 'SMOKE', 'SPLITS', 'eval_cfg',
+    'finetune_config', 'pretrain_config', 'run_cfg', 'set_data',
+    'set_schedule', 'stem', 'markdown', 'pareto', 'dump_json', 'evaluate',
+    'git_commit', 'load_json', 'rel', 'sha256', 'train'
+]

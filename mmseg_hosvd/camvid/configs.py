@@ -1,0 +1,154 @@
+"""Config editing for the CamVid daytime -> dusk experiment.
+
+The leaf configs live under ``configs/camvid/<folder>/`` of the repository;
+every function takes that folder explicitly.
+"""
+import glob
+import os.path as osp
+import time
+from typing import Optional, Tuple
+
+#: model choice -> (config folder, config prefix, label in tables)
+MODELS = {
+    'deeplabv3-m': ('mobilenet_v2', 'mobilenet-v2-d8_deeplabv3', 'DLV3-M'),
+    'fcn': ('fcn', 'fcn_r18-d8', 'FCN'),
+}
+DEPTHS = ('5l', '10l')
+#: method choice (leaf tag) -> (hook method, eps)
+METHODS = {
+    'vanilla': ('vanilla', None),
+    'gradient-filter': ('gradient_filter', None),
+    'svd-eps0.8': ('svd', 0.8),
+    'hosvd-eps0.8': ('hosvd', 0.8),
+    'hosvd-eps0.9': ('hosvd', 0.9),
+    'asi-eps0.8': ('asi', 0.8),
+}
+#: the evaluation splits: dusk (the target) and daytime (what is forgotten)
+SPLITS = ('target_val', 'val')
+#: smoke sizes: a handful of images, 2 iterations per run
+SMOKE = dict(images=4, iters=2, batch=2, crop=(64, 64), scale=(96, 72))
+
+
+def find_config(configs: str, folder: str, pattern: str) -> str:
+    """The one config matching ``configs/folder/pattern``.
+
+    Raises:
+        FileNotFoundError: none or several match.
+    """
+    found = sorted(glob.glob(osp.join(configs, folder, pattern)))
+    if len(found) != 1:
+        raise FileNotFoundError(f'expected one config {folder}/{pattern} '
+                                f'under {configs}, found {len(found)}: '
+                                f'{found}')
+    return found[0]
+
+
+def pretrain_config(configs: str, model: str) -> str:
+    folder, prefix, _ = MODELS[model]
+    return find_config(configs, folder, f'{prefix}_pretrain_*.py')
+
+
+def finetune_config(configs: str, model: str, depth: str, tag: str) -> str:
+    folder, prefix, _ = MODELS[model]
+    return find_config(configs, folder, f'{prefix}_{depth}-{tag}_*.py')
+
+
+def stem(path: str) -> str:
+    """File name without folder and extension."""
+    return osp.splitext(osp.basename(path))[0]
+
+
+def set_schedule(cfg, iters: int) -> None:
+    """Set the iterations of a config (``[warm-up LinearLR, cosine]``),
+    scaling the warm-up proportionally, and its checkpoint interval."""
+    old = cfg.train_cfg.max_iters
+    warmup, cosine = cfg.param_scheduler
+    warm = round(warmup.end * iters / old)
+    # mmengine's LinearLR over a single iteration never leaves its start
+    # factor: 2 iterations at least, and the cosine needs one
+    warm = max(1, min(max(warm, 2), iters - 1))
+    warmup.begin, warmup.end = 0, warm
+    cosine.begin, cosine.end = warm, iters
+    cfg.train_cfg.max_iters = iters
+    cfg.train_cfg.val_interval = iters
+    cfg.default_hooks.checkpoint.interval = iters
+
+
+def set_data(cfg, data_root: str, smoke: bool = False,
+             ann_file: Optional[str] = None) -> None:
+    """Point every dataloader at ``data_root`` (absolute, so that the
+    config dumped to the work_dir runs from anywhere); shrink to
+    :data:`SMOKE` sizes if ``smoke``; ``ann_file``: the test split file."""
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        loader.dataset.data_root = data_root
+        if smoke:
+            loader.dataset.indices = SMOKE['images']
+            loader.batch_size = SMOKE['batch']
+            for transform in loader.dataset.pipeline:
+                if transform.type in ('RandomResize', 'Resize'):
+                    transform.scale = SMOKE['scale']
+                elif transform.type == 'RandomCrop':
+                    transform.crop_size = SMOKE['crop']
+    if ann_file is not None:
+        cfg.test_dataloader.dataset.ann_file = ann_file
+    if smoke:
+        cfg.model.data_preprocessor.size = SMOKE['crop']
+
+
+def run_cfg(path: str, data_root: str, work_dir: str, seed: int,
+            iters: Optional[int], smoke: bool = False):
+    """The training config of one run: data, schedule (``iters``; smoke:
+    :data:`SMOKE`'s), work_dir, seed; validation only after training."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    set_data(cfg, data_root, smoke)
+    if smoke:
+        iters = SMOKE['iters']
+    if iters is not None:
+        set_schedule(cfg, iters)
+    cfg.work_dir = work_dir
+    cfg.randomness = dict(seed=seed)
+    cfg.resume = False
+    # validation happens after training, from the saved checkpoint
+    cfg.train_cfg.val_interval = cfg.train_cfg.max_iters + 1
+    if smoke:
+        cfg.default_hooks.logger.interval = 1
+    compression = cfg.default_hooks.get('compression')
+    if compression is not None and compression.method == 'asi':
+        compression.seed = seed  # the random starting bases
+    isolate(cfg, work_dir)
+    return cfg
+
+
+def eval_cfg(config: str, checkpoint: str, split: str, work_dir: str):
+    """``mim test``'s config: the dumped ``config`` with ``load_from =
+    checkpoint``, testing on ``split``."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    cfg.load_from = checkpoint
+    cfg.work_dir = work_dir
+    cfg.test_dataloader.dataset.ann_file = (
+        f'ImageSets/Segmentation/{split}.txt')
+    isolate(cfg, work_dir)
+    return cfg
+
+
+def isolate(cfg, work_dir: str) -> None:
+    """Per-run names for mmengine's process-wide instances (logger, message
+    hub, visualizer): several runners live in this process."""
+    cfg.experiment_name = (f'{osp.basename(work_dir)}_'
+                           f'{time.strftime("%Y%m%d_%H%M%S")}_'
+                           f'{time.monotonic_ns()}')
+    cfg.visualizer.name = f'visualizer:{cfg.experiment_name}'
+    cfg.env_cfg = dict(cudnn_benchmark=False,
+                       mp_cfg=dict(mp_start_method='fork',
+                                   opencv_num_threads=0),
+                       dist_cfg=dict(backend='gloo'))
+
+
+def method_of(tag: str) -> Tuple[str, Optional[float]]:
+    """(hook method, eps) of a method tag."""
+    return METHODS[tag]
