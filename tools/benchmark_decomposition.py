@@ -1,28 +1,37 @@
 """Time the HOSVD / SVD decompositions against a conv and full SVDs.
 
 Usage: .venv/bin/python tools/benchmark_decomposition.py [--repeats N]
+[--shape N C H W] [--ranks R1 R2 R3 R4]
 
-On a (8, 512, 64, 64) float32 input (low Tucker rank plus noise), with
-``torch.set_num_threads(2)``, prints the median wall time (ms) of
+On a (8, 512, 64, 64) float32 input (low Tucker rank (4, 32, 16, 16) plus
+noise; ``--shape``/``--ranks`` change both), with
+``torch.set_num_threads(--threads)`` (2), prints the median wall time (ms)
+of
 
 * ``hosvd(x, 0.8)`` (Gram + eigh per mode, core projection),
 * ``truncated_svd(x, 0.8)``,
-* a plain 3x3 conv forward (512 -> 512, padding 1) on the same input,
+* a plain 3x3 conv forward (C -> C, padding 1) on the same input,
 * four ``torch.linalg.svd(unfolding, full_matrices=False)`` calls, one per
   mode unfolding (the unfoldings are made contiguous before timing),
 
 as a markdown table, with the ranks and the kept / input byte ratio.
 """
 import argparse
+import os.path as osp
 import statistics
+import sys
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
 
-from mmseg_hosvd.ops import (hosvd, hosvd_paper_elements, svd_paper_elements,
-                             truncated_svd)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mmseg_hosvd.ops import (hosvd, hosvd_paper_elements,  # noqa: E402
+                             svd_paper_elements, truncated_svd)
 
 SHAPE = (8, 512, 64, 64)
 TRUE_RANKS = (4, 32, 16, 16)
@@ -62,17 +71,31 @@ def mode_unfoldings(x: torch.Tensor) -> List[torch.Tensor]:
     ]
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed runs per operation (median reported)')
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument('--shape', type=int, nargs=4, default=list(SHAPE),
+                        metavar=('N', 'C', 'H', 'W'))
+    parser.add_argument('--ranks', type=int, nargs=4,
+                        default=list(TRUE_RANKS), metavar='R',
+                        help='true Tucker ranks of the input')
+    parser.add_argument('--threads', type=int, default=2)
+    args = parser.parse_args(argv)
+    shape, ranks = tuple(args.shape), tuple(args.ranks)
+    if args.repeats < 1 or args.threads < 1:
+        parser.error('--repeats and --threads must be >= 1')
+    if any(r < 1 or r > n for r, n in zip(ranks, shape)):
+        parser.error(f'--ranks {ranks}: each in [1, the size of its mode '
+                     f'{shape}]')
 
-    torch.set_num_threads(2)
-    x = low_rank_plus_noise(SHAPE, TRUE_RANKS, NOISE, args.seed)
+    from tabulate import tabulate
+    torch.set_num_threads(args.threads)
+    x = low_rank_plus_noise(shape, ranks, NOISE, args.seed)
     input_bytes = x.numel() * x.element_size()
-    weight = torch.randn(512, 512, 3, 3) * 0.01
+    channels = shape[1]
+    weight = torch.randn(channels, channels, 3, 3) * 0.01
     unfoldings = mode_unfoldings(x)
 
     def four_svds() -> None:
@@ -88,26 +111,33 @@ def main() -> None:
                             args.repeats)
         full_svd_ms = median_ms(four_svds, max(1, args.repeats // 2))
 
-    hosvd_ratio = 4 * hosvd_paper_elements(SHAPE, tucker.ranks) / input_bytes
-    svd_ratio = 4 * svd_paper_elements(SHAPE, svd.rank) / input_bytes
-    print(f'input {SHAPE} float32 ({input_bytes / 2**20:.0f} MiB), true '
-          f'ranks {TRUE_RANKS} + noise {NOISE}, eps {EPS}, '
+    hosvd_ratio = 4 * hosvd_paper_elements(shape, tucker.ranks) / input_bytes
+    svd_ratio = 4 * svd_paper_elements(shape, svd.rank) / input_bytes
+    print(f'input {shape} float32 ({input_bytes / 2**20:.0f} MiB), true '
+          f'ranks {ranks} + noise {NOISE}, eps {EPS}, '
           f'threads {torch.get_num_threads()}, torch {torch.__version__}')
     print()
-    print('| operation | median time (ms) | vs hosvd | result |')
-    print('|---|---:|---:|---|')
     rows = [
-        ('hosvd(x, 0.8)', hosvd_ms, f'ranks {tucker.ranks}, kept/input '
-         f'{hosvd_ratio:.5f}'),
-        ('truncated_svd(x, 0.8)', svd_ms, f'rank {svd.rank}, kept/input '
-         f'{svd_ratio:.4f}'),
-        ('conv2d 3x3 512->512 pad 1, forward', conv_ms, ''),
-        ('4x torch.linalg.svd(unfolding, full_matrices=False)', full_svd_ms,
-         'unfoldings ' + ', '.join(str(tuple(u.shape)) for u in unfoldings)),
+        dict(operation=f'hosvd(x, {EPS:g})', ms=hosvd_ms,
+             result=f'ranks {tuple(tucker.ranks)}, kept/input '
+             f'{hosvd_ratio:.5f}'),
+        dict(operation=f'truncated_svd(x, {EPS:g})', ms=svd_ms,
+             result=f'rank {svd.rank}, kept/input {svd_ratio:.4f}'),
+        dict(operation=f'conv2d 3x3 {channels}->{channels} pad 1, forward',
+             ms=conv_ms, result=''),
+        dict(operation='4x torch.linalg.svd(unfolding, full_matrices=False)',
+             ms=full_svd_ms, result='unfoldings ' + ', '.join(
+                 str(tuple(u.shape)) for u in unfoldings)),
     ]
-    for name, milliseconds, result in rows:
-        print(f'| {name} | {milliseconds:.1f} | '
-              f'{milliseconds / hosvd_ms:.2f}x | {result} |')
+    for row in rows:
+        row['vs_hosvd'] = row['ms'] / hosvd_ms
+    print(tabulate([[r['operation'], f'{r["ms"]:.1f}',
+                     f'{r["vs_hosvd"]:.2f}x', r['result']] for r in rows],
+                   headers=['operation', 'median time (ms)', 'vs hosvd',
+                            'result'], tablefmt='github',
+                   disable_numparse=True,
+                   colalign=('left', 'right', 'right', 'left')))
+    return rows
 
 
 if __name__ == '__main__':
