@@ -1,6 +1,7 @@
 """The README's main command: a HOSVD fine-tuning run on a generated dataset.
 
-1. writes a tiny VOC-layout dataset to ``data/tiny_voc`` (mmseg_hosvd.datasets.make_tiny_voc);
+1. writes a tiny VOC-layout dataset to ``data/tiny_voc``
+   (:func:`mmseg_hosvd.datasets.make_tiny_voc`);
 2. runs ``mim train mmsegmentation configs/demo/<config> --work-dir ...``;
 3. prints the final mIoU/mAcc and the activation-memory summary that
    :class:`ActivationMemoryHook` wrote to the work_dir.
