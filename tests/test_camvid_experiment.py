@@ -42,8 +42,13 @@ def run(out, data_root, *extra):
     ])
 
 
-def test_smoke(tmp_path, tiny_camvid, capsys):
-    out = tmp_path / 'camvid'
+@pytest.fixture(scope='module')
+def smoke_out(tmp_path_factory):
+    return tmp_path_factory.mktemp('camvid') / 'out'
+
+
+def test_smoke(smoke_out, tiny_camvid, capsys):
+    out = smoke_out
     summary = run(out, tiny_camvid)
     # a progress bar per run, also with --quiet
     err = capsys.readouterr().err
@@ -105,6 +110,29 @@ def test_smoke(tmp_path, tiny_camvid, capsys):
     assert [r['checkpoint'] for r in again['runs']] == [
         r['checkpoint'] for r in summary['runs']
     ]
+
+
+def test_grad_check(smoke_out, tiny_camvid):
+    """tools/camvid_grad_check.py on the smoke run's starting checkpoint."""
+    from camvid_grad_check import main
+    if not (smoke_out / 'checkpoints').is_dir():
+        pytest.skip('needs the starting checkpoint of test_smoke')
+    rows = main([
+        '--models', 'fcn', '--depths', '10l', '--methods', 'vanilla',
+        'hosvd-eps0.8', '--batches', '1', '--data-root', tiny_camvid,
+        '--out', str(smoke_out)
+    ])
+    (row, ) = rows  # vanilla is the reference, not a row
+    assert (row['model'], row['depth'], row['tag'], row['batches']) == (
+        'fcn', '10l', 'hosvd-eps0.8', 1)
+    for scope in ('compressed', 'all'):
+        assert -1 <= row[scope]['cos'] <= 1 + 1e-6
+        assert row[scope]['rel_err'] >= 0
+    with open(smoke_out / 'grad_check.json') as f:
+        assert json.load(f) == rows
+    text = re.sub(' +', ' ', (smoke_out / 'grad_check.md').read_text())
+    assert (f'| FCN | 10L | hosvd-eps0.8 | {row["compressed"]["cos"]:.3f} |'
+            in text)
 
 
 def test_rejects_bad_data_root(tmp_path):

@@ -132,10 +132,14 @@ class StepProbe:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        if self._meter is not None:
-            self._meter.__exit__(*exc_info)
-            self._meter = None
+        self._disarm()
+
+    def _disarm(self) -> None:
+        """Stop measuring; leave a meter a failed forward left active."""
         self._armed = False
+        if self._meter is not None:
+            self._meter.__exit__(None, None, None)
+            self._meter = None
 
     def _forward_start(self, module: nn.Module, args: Any) -> None:
         if not self._armed or 'forward_start' in self._points:
@@ -188,7 +192,7 @@ class StepProbe:
             RuntimeError: the step did not run a forward, a backward that
                 reached the trainable parameters, and an optimizer step.
         """
-        self._armed = False
+        self._disarm()
         points = self._points
         missing = [
             name for name in ('forward_start', 'forward_end',
@@ -217,7 +221,7 @@ class StepProbe:
             with peak_meter if peak_meter is not None else nullcontext():
                 result = step()
         except BaseException:
-            self._armed = False
+            self._disarm()
             raise
         measurement = self.collect()
         measurement.result = result

@@ -14,6 +14,7 @@ the config's ``OptimWrapper`` whose ``optim_context`` (forward and loss) runs
 under ``torch.autocast('cpu', dtype=torch.bfloat16)``.
 """
 import copy
+import logging
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -225,7 +226,7 @@ class TrainingStep:
 
 
 @contextmanager
-def quiet_logger(logger, level: int = 30) -> Iterator[None]:
+def quiet_logger(logger, level: int = logging.WARNING) -> Iterator[None]:
     """Raise ``logger`` (e.g. mmengine's current ``MMLogger``) to ``level``
     (default WARNING) for the duration."""
     old = logger.level
