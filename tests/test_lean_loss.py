@@ -2,6 +2,7 @@
 in value and every gradient."""
 import copy
 import os.path as osp
+import warnings
 
 import pytest
 import torch
@@ -41,14 +42,32 @@ def test_function_matches_interpolate_cross_entropy(align_corners, weighted):
     ref = F.cross_entropy(up, labels, weight=weight, ignore_index=255,
                           reduction='sum')
     ref_grad, = torch.autograd.grad(1.7 * ref, logits)
-    loss, correct = resize_cross_entropy(logits, labels, weight, 255,
-                                         align_corners, chunk=2)
-    grad, = torch.autograd.grad(1.7 * loss, logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        loss, correct = resize_cross_entropy(logits, labels, weight, 255,
+                                             align_corners, chunk=2)
+        grad, = torch.autograd.grad(1.7 * loss, logits)
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(grad, ref_grad)
     hits = (up.argmax(1) == labels) & (labels != 255)
     assert int(correct) == int(hits.sum())
     assert not correct.requires_grad
+
+
+def test_bfloat16_logits_upsample_in_float32():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 5).bfloat16().requires_grad_()
+    labels = labels_with_ignore(2, (11, 11), 4)
+    loss, _ = resize_cross_entropy(logits, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert logits.grad.dtype == torch.bfloat16
+    ref_logits = logits.detach().float().requires_grad_()
+    ref = F.cross_entropy(F.interpolate(ref_logits, (11, 11), mode='bilinear'),
+                          labels, ignore_index=255, reduction='sum')
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(logits.grad, ref_logits.grad.bfloat16())
 
 
 def test_function_bad_input():
