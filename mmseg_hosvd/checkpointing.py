@@ -155,9 +155,23 @@ def remove_checkpointing(model: nn.Module) -> int:
     return len(found)
 
 
+NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def _has_trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
 def _trainable(module: nn.Module) -> bool:
-    params = list(module.parameters())
-    return bool(params) and all(p.requires_grad for p in params)
+    """Whether ``module`` trains as a whole: it holds a trainable parameter
+    and every child with parameters does too, or is a normalization layer
+    (frozen norms inside trainable blocks are usual)."""
+    if not _has_trainable(module):
+        return False
+    return all(
+        _has_trainable(child) or isinstance(child, NORMS)
+        or not any(True for _ in child.parameters())
+        for child in module.children())
 
 
 def _has_direct_state(module: nn.Module) -> bool:
@@ -177,7 +191,7 @@ def _segments(module: nn.Module, prefix: str,
                  and not isinstance(child, nn.ModuleList))
         if whole:
             yield path, child
-        elif any(p.requires_grad for p in child.parameters()):
+        elif _has_trainable(child):
             yield from _segments(child, f'{path}.', False)
 
 
@@ -187,10 +201,11 @@ def checkpoint_paths(model: nn.Module, placement: str = 'block') -> List[str]:
     Args:
         model: the model with its frozen parameters already frozen
             (``requires_grad=False``).
-        placement: ``'segment'``: the largest fully trainable modules
-            (e.g. ``backbone.layer4`` whole); ``'block'``: those, with each
-            ``nn.Sequential`` split into its children (``backbone.layer4.0``,
-            ``backbone.layer4.1``).
+        placement: ``'segment'``: the largest trainable modules (e.g.
+            ``backbone.layer4`` whole; a module whose parameterized children
+            all hold trainable parameters, frozen norm layers aside);
+            ``'block'``: those, with each ``nn.Sequential`` split into its
+            children (``backbone.layer4.0``, ``backbone.layer4.1``).
 
     Trainable modules with direct parameters (e.g. a head's final
     ``conv_seg``) are not checkpointed.

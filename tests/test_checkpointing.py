@@ -111,9 +111,9 @@ def test_bad_paths():
         checkpoint_paths(model, 'layer')
 
 
-def fcn_10l(dtype=torch.float64):
+def model_10l(name='fcn', dtype=torch.float64):
     cfg = Config.fromfile(
-        osp.join(CONFIGS, 'fcn', 'fcn_r18-d8_10l-vanilla_1xb8-20k_'
+        osp.join(CONFIGS, name, f'{name}_r18-d8_10l-vanilla_1xb8-20k_'
                  'voc12aug-512x512.py'))
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.pop('data_preprocessor', None)
@@ -126,7 +126,7 @@ def fcn_10l(dtype=torch.float64):
 
 
 def test_placements_on_fcn_10l():
-    model = fcn_10l()
+    model = model_10l('fcn')
     assert checkpoint_paths(model, 'segment') == [
         'backbone.layer3.1', 'backbone.layer4', 'decode_head.convs',
         'decode_head.conv_cat'
@@ -137,8 +137,24 @@ def test_placements_on_fcn_10l():
     ]
 
 
-@pytest.mark.parametrize('placement', ['block', 'segment'])
-def test_fcn_10l_gradients_equal_without_checkpointing(placement):
+def test_placements_on_deeplabv3_10l():
+    # layer4's convs train, its BatchNorms and downsample are frozen
+    model = model_10l('deeplabv3')
+    aspp = [f'decode_head.aspp_modules.{i}' for i in range(4)]
+    assert checkpoint_paths(model, 'segment') == [
+        'backbone.layer4', *aspp, 'decode_head.bottleneck'
+    ]
+    assert checkpoint_paths(model, 'block') == [
+        'backbone.layer4.0', 'backbone.layer4.1', *aspp,
+        'decode_head.bottleneck'
+    ]
+
+
+@pytest.mark.parametrize('name, placement, count', [
+    ('fcn', 'block', 6), ('fcn', 'segment', 4), ('deeplabv3', 'block', 7),
+    ('deeplabv3', 'segment', 6)
+])
+def test_10l_gradients_equal_without_checkpointing(name, placement, count):
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
 
     def step(model):
@@ -147,14 +163,14 @@ def test_fcn_10l_gradients_equal_without_checkpointing(placement):
         model.decode_head(feats).square().mean().backward()
         return grads(model)
 
-    reference = fcn_10l()
+    reference = model_10l(name)
     expected = step(reference)
-    model = fcn_10l()
+    model = model_10l(name)
     frozen = {n: p.clone() for n, p in model.named_parameters()
               if not p.requires_grad}
     keys = list(model.state_dict())
     paths = checkpoint_modules(model, checkpoint_paths(model, placement))
-    assert len(paths) == (6 if placement == 'block' else 4)
+    assert len(paths) == count
     assert list(model.state_dict()) == keys
     result = step(model)
     for name in expected:
