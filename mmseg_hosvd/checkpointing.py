@@ -110,6 +110,8 @@ class CheckpointedModule(nn.Module):
         return contextlib.nullcontext(), KeepNormStats(self.inner)
 
     def forward(self, *args, **kwargs):
+        if not torch.is_grad_enabled():  # inference: nothing to save
+            return self.inner(*args, **kwargs)
         return checkpoint(self.inner, *args, use_reentrant=False,
                           context_fn=self._contexts,
                           preserve_rng_state=self.preserve_rng_state,

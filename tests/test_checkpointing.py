@@ -84,6 +84,15 @@ def test_ours_after_a_frozen_backbone_is_exact():
     assert model.state_dict().keys() == reference.state_dict().keys()
 
 
+def test_no_grad_forward_is_the_plain_forward():
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    reference = frozen_backbone_model().eval()
+    model = frozen_backbone_model().eval()
+    checkpoint_modules(model, ['block'])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)
+
+
 def test_train_eval_reaches_the_inner_module():
     model = frozen_backbone_model()
     checkpoint_modules(model, ['block'])
