@@ -230,10 +230,10 @@ def test_six_models_heads(name):
     model = build_model(name, auxiliary=name == 'fcn_r18-d8').double()
     model.train()
     torch.manual_seed(1)
-    images = torch.randn(2, 3, 48, 48, dtype=torch.float64)
-    data = samples(labels_with_ignore(2, (48, 48), 21))
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    data = samples(labels_with_ignore(2, (32, 32), 21))
     for sample in data:
-        sample.set_metainfo(dict(img_shape=(48, 48), pad_shape=(48, 48)))
+        sample.set_metainfo(dict(img_shape=(32, 32), pad_shape=(32, 32)))
     keys = set(model.state_dict())
     ref, ref_grads = model_losses_and_grads(model, images, data)
     install_lean_loss(model, chunk=1)

@@ -62,7 +62,19 @@ def conv_relu_conv(batch=2, cin=3, hidden=8, size=16):
     return conv1, conv2, x, grad_out
 
 
-def test_conv_relu_conv_step_peak_by_hand():
+@pytest.fixture
+def without_mkldnn():
+    """PyTorch's slow convolution path (``mkldnn.flags`` would warn about
+    TF32 on this build, so set the switch itself)."""
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
+def test_conv_relu_conv_step_peak_by_hand(without_mkldnn):
     conv1, conv2, x, grad_out = conv_relu_conv()
     optimizer = torch.optim.SGD([conv1.weight, conv2.weight], lr=0.1)
 
@@ -73,23 +85,22 @@ def test_conv_relu_conv_step_peak_by_hand():
     hid = 2 * 8 * 16 * 16 * F32  # conv1's output, the ReLU's, their grads
     out = 2 * 3 * 16 * 16 * F32  # conv2's output
     wgt = 8 * 3 * F32  # each weight's gradient
-    with torch.backends.mkldnn.flags(enabled=False):
-        meter = PeakMemoryMeter('cpu')
-        with meter:
-            step()
-        # forward: conv1 out (hid), relu out (hid; conv1's out is freed: the
-        # relu saves its output, conv1 its input), conv2 out (out).
-        # backward of conv2: grad of relu out (hid), grad of w2 (wgt);
-        # backward of relu: grad of conv1 out (hid) -> the peak:
-        # relu out + 2 grads + conv2 out + w2's grad
-        assert meter.peak_bytes == 3 * hid + out + wgt == 55392
-        # after the step only the two weight gradients remain
-        assert meter.net_bytes == 2 * wgt
-        # the second step accumulates into the existing gradients
-        with meter:
-            step()
-        assert meter.peak_bytes == 3 * hid + out
-        assert meter.net_bytes == 0
+    meter = PeakMemoryMeter('cpu')
+    with meter:
+        step()
+    # forward: conv1 out (hid), relu out (hid; conv1's out is freed: the
+    # relu saves its output, conv1 its input), conv2 out (out).
+    # backward of conv2: grad of relu out (hid), grad of w2 (wgt);
+    # backward of relu: grad of conv1 out (hid) -> the peak:
+    # relu out + 2 grads + conv2 out + w2's grad
+    assert meter.peak_bytes == 3 * hid + out + wgt == 55392
+    # after the step only the two weight gradients remain
+    assert meter.net_bytes == 2 * wgt
+    # the second step accumulates into the existing gradients
+    with meter:
+        step()
+    assert meter.peak_bytes == 3 * hid + out
+    assert meter.net_bytes == 0
 
 
 def test_meter_is_reusable_and_releases_the_profiler():
