@@ -29,7 +29,7 @@ UPerHead, ...) with no pixel sampler and only softmax ``CrossEntropyLoss``
 terms with reduction ``'mean'`` or ``'sum'``. Anything else is refused by
 name.
 """
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -80,7 +80,7 @@ def loss_terms(head: nn.Module) -> List[CrossEntropyLoss]:
 
 
 def _divisor(term: CrossEntropyLoss, labels: Tensor,
-             class_weight: Tensor, ignore_index: int) -> Tensor:
+             class_weight: Optional[Tensor], ignore_index: int) -> Tensor:
     """mmseg's ``avg_factor`` + eps for reduction 'mean' (see
     ``mmseg.models.losses.cross_entropy``)."""
     valid = labels.ne(ignore_index)

@@ -58,13 +58,15 @@ def test_bfloat16_logits_upsample_in_float32():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 5, 5).bfloat16().requires_grad_()
     labels = labels_with_ignore(2, (11, 11), 4)
-    loss, _ = resize_cross_entropy(logits, labels)
+    weight = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.bfloat16)
+    loss, _ = resize_cross_entropy(logits, labels, weight)
     loss.backward()
     assert loss.dtype == torch.float32
     assert logits.grad.dtype == torch.bfloat16
     ref_logits = logits.detach().float().requires_grad_()
     ref = F.cross_entropy(F.interpolate(ref_logits, (11, 11), mode='bilinear'),
-                          labels, ignore_index=255, reduction='sum')
+                          labels, weight=weight.float(), ignore_index=255,
+                          reduction='sum')
     ref.backward()
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(logits.grad, ref_logits.grad.bfloat16())

@@ -53,7 +53,9 @@ class ResizeCrossEntropy(Function):
             label = labels[start:start + chunk]
             upsampled = _upsample(logits[start:start + chunk], size,
                                   align_corners)
-            loss += F.cross_entropy(upsampled, label, weight=class_weight,
+            weight = (None if class_weight is None else
+                      class_weight.to(upsampled.dtype))
+            loss += F.cross_entropy(upsampled, label, weight=weight,
                                     ignore_index=ignore_index,
                                     reduction='sum')
             hit = upsampled.topk(1, dim=1)[1].squeeze(1).eq(label)
