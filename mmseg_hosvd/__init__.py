@@ -11,6 +11,8 @@ install_mmcv_ops_fallback()
 
 from .engine import (ActivationCompressionHook,  # noqa: E402
                      ActivationMemoryHook, WeightsOnlyCheckpointHook)
+from .lean_loss import (LeanLossEncoderDecoder,  # noqa: E402
+                        install_lean_loss, remove_lean_loss)
 from .ops import CompressedConv2d, CompressionStats  # noqa: E402
 
 __version__ = '0.1.0'
@@ -18,5 +20,6 @@ __version__ = '0.1.0'
 __all__ = [
     'ActivationCompressionHook', 'ActivationMemoryHook',
     'WeightsOnlyCheckpointHook', 'CompressedConv2d', 'CompressionStats',
+    'LeanLossEncoderDecoder', 'install_lean_loss', 'remove_lean_loss',
     '__version__'
 ]

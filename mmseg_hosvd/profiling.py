@@ -30,7 +30,8 @@ Parameters and buffers (``params``: e.g. ``list(model.parameters()) +
 list(model.buffers())``), ``nn.Parameter`` objects and leaf tensors that
 require grad are "parameters": they are kept apart from the activation
 totals and reported separately, since they exist whether or not a step
-saves them.
+saves them. The peak meter, :class:`PeakMemoryMeter`, lives in
+:mod:`mmseg_hosvd.peak_memory` and is re-exported here.
 """
 import weakref
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .ops.accounting import MIB
+from .peak_memory import PeakMemoryMeter  # noqa: F401  (re-export)
 
 #: kinds of saved storages
 ACTIVATION = 'activation'
