@@ -60,7 +60,7 @@ if REPO not in sys.path:
 CONFIGS = osp.join(REPO, 'configs', 'camvid')
 DEFAULT_OUT = osp.join('work_dirs', 'camvid_experiment')
 DEFAULT_SMOKE_OUT = osp.join('work_dirs', 'camvid_experiment_smoke')
-DEFAULT_DATA = osp.join('..', 'shared', 'data', 'camvid_voc')
+DEFAULT_DATA = osp.join('data', 'camvid_voc')  # tools/convert_camvid.py
 MIB = 2**20
 
 #: --models choice -> (config folder, config prefix, label in tables)
