@@ -9,6 +9,15 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade 'pip>=23'
 "$VENV/bin/python" -m pip install -q -r requirements/cpu.txt
+# the lock must be complete: the plugin's own install adds nothing else
+"$VENV/bin/python" -m pip install -q --dry-run --report "$VENV/plugin_report.json" -e '.[mim,tests]'
+"$VENV/bin/python" - "$VENV/plugin_report.json" <<'PY'
+import json, sys
+names = [p['metadata']['name'] for p in json.load(open(sys.argv[1]))['install']]
+extra = [n for n in names if n.lower().replace('-', '_') != 'mmseg_hosvd']
+if extra:
+    sys.exit(f'requirements/cpu.txt is incomplete: the plugin would also install {extra}')
+PY
 "$VENV/bin/python" -m pip install -q -e '.[mim,tests]'
 # openmim without its heavy optional dependency chain (opendatalab).
 "$VENV/bin/python" -m pip install -q --no-deps 'openmim==0.3.9'
