@@ -3,8 +3,8 @@
 Importing this package (e.g. through a config's ``custom_imports``) first
 checks that an mmcv version MMSegmentation 1.2 accepts is installed (see
 :mod:`mmseg_hosvd.compat.mmcv_version`; ImportError saying what to install
-otherwise), then makes ``mmseg.models`` importable without mmcv's compiled ops (see
-:mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
+otherwise), then makes ``mmseg.models`` importable without mmcv's compiled
+ops (see :mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
 registers the plugin's hooks in mmengine's ``HOOKS`` registry.
 """
 from .compat.mmcv_version import require_compatible_mmcv

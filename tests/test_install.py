@@ -115,4 +115,5 @@ def test_import_with_mmcv_1x_raises_clear_error():
         "fake = types.ModuleType('mmcv'); fake.__version__ = '1.7.2'\n"
         "        sys.modules['mmcv'] = fake")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert 'IMPORT-ERROR: mmseg_hosvd: mmcv 1.7.2 is installed' in result.stdout
+    assert ('IMPORT-ERROR: mmseg_hosvd: mmcv 1.7.2 is installed'
+            in result.stdout)

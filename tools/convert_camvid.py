@@ -8,7 +8,8 @@ per pixel: class ids 0..10, 11 = void). Output (``--out``, default
 ``data/camvid_voc``, ignored by git)::
 
     JPEGImages/camvid_<sequence>_<frame>.jpg          RGB, JPEG quality 92
-    SegmentationClassAug/camvid_<sequence>_<frame>.png uint8 ids 0..10, 255 = void
+    SegmentationClassAug/camvid_<sequence>_<frame>.png
+                                                      uint8 ids 0..10, 255 = void
     ImageSets/Segmentation/<split>.txt                one name per line, sorted
     classes.txt                                       the 11 class names
 
@@ -17,7 +18,8 @@ in daylight, Seq05VD in daylight and only in CamVid's test split):
 
     train.txt         every frame of CamVid train (367)
     val.txt           every frame of CamVid val (101, all 0016E5)
-    source_train.txt  CamVid train frames of the daytime sequences 0006R0, 0016E5 (305)
+    source_train.txt  CamVid train frames of the daytime sequences 0006R0
+                      and 0016E5 (305)
     target_train.txt  CamVid train frames of the dusk sequence 0001TP (62)
     target_val.txt    CamVid test frames of 0001TP (62)
 
@@ -49,12 +51,12 @@ JPEG_QUALITY = 92
 
 
 def sequence_of(stem: str) -> str:
-    """``'0001TP_006690'`` -> ``'0001TP'``; ``'Seq05VD_f00000'`` -> ``'Seq05VD'``."""
+    """The sequence of a frame: ``'0001TP_006690'`` -> ``'0001TP'``."""
     return stem.split('_', 1)[0]
 
 
 def list_part(camvid: str, part: str) -> List[str]:
-    """Sorted frame stems of one CamVid split; each must have its annotation."""
+    """Sorted frame stems of one CamVid split, each with its annotation."""
     image_dir, annot_dir = osp.join(camvid, part), osp.join(camvid,
                                                             part + 'annot')
     for folder in (image_dir, annot_dir):
