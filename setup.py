@@ -1,33 +1,41 @@
 """Install the mmseg_hosvd plugin.
 
-Dependencies are pinned to a set that installs from PyPI alone on a fresh
-machine. ``mmcv`` is provided by ``mmcv-lite`` (no compiled ops); see
-``mmseg_hosvd/compat/mmcv_ops.py`` for the fallback that lets
-``mmseg.models`` import without ``mmcv._ext``. ``openmim`` is installed with
-``--no-deps`` by ``tools/setup_env.sh`` (its ``opendatalab`` dependency is not
-needed for ``mim train``); its direct needs are listed under ``mim``.
+``install_requires`` states what the plugin is compatible with, as ranges,
+so that ``pip install`` into an existing MMSegmentation environment keeps
+the user's torch and mmcv (README, "Install into an existing MMSegmentation
+environment"; lower bounds justified there). No mmcv distribution is listed:
+as with mmseg itself, the user installs the full ``mmcv`` (compiled ops, GPU)
+or ``mmcv-lite`` (CPU); ``mmseg_hosvd/compat/mmcv_version.py`` checks at
+import that one in mmseg 1.2's range is there.
+
+The exact set known to work on a CPU machine (torch 2.13.0 CPU wheel,
+mmcv-lite, ...) is the lock file ``requirements/cpu.txt``, which
+``tools/setup_env.sh`` installs before ``pip install -e '.[mim,tests]'``.
+``openmim`` is installed with ``--no-deps`` by that script (its
+``opendatalab`` dependency is not needed for ``mim train``); its direct
+needs are the ``mim`` extra.
 """
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
-    'torch==2.13.0',
-    'setuptools<82',
-    'numpy<2.5',
-    'mmengine==0.10.7',
-    'mmcv-lite==2.1.0',
-    'mmsegmentation==1.2.2',
+    'torch>=2.0,<3',
+    'numpy>=1.22',
+    'mmengine>=0.10.0,<1.0.0',
+    'mmsegmentation>=1.2.0,<1.3.0',
+    # imported by mmseg.models (its CLIP tokenizer) but not declared by mmseg
     'ftfy',
     'regex',
-    'tensorboard',
-    'matplotlib',
-    'tqdm',
 ]
 
+#: what the configs (TensorBoard backend) and tools/ (plots, progress) use
+TOOLS_REQUIRE = ['tensorboard', 'matplotlib', 'tqdm']
+
 EXTRAS_REQUIRE = {
+    'tools': TOOLS_REQUIRE,
     # direct needs of openmim 0.3.9, which itself is installed with --no-deps
     'mim': ['click', 'colorama', 'model-index', 'pandas', 'requests', 'rich',
             'tabulate'],
-    'tests': ['pytest'],
+    'tests': ['pytest'] + TOOLS_REQUIRE,
 }
 
 setup(

@@ -1,11 +1,17 @@
 """mmseg_hosvd: activation-map compression for memory-cheap fine-tuning.
 
-Importing this package (e.g. through a config's ``custom_imports``) makes
-``mmseg.models`` importable without mmcv's compiled ops (see
-:mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
+Importing this package (e.g. through a config's ``custom_imports``) first
+checks that an mmcv version MMSegmentation 1.2 accepts is installed (see
+:mod:`mmseg_hosvd.compat.mmcv_version`; ImportError saying what to install
+otherwise), then makes ``mmseg.models`` importable without mmcv's compiled
+ops (see :mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
 registers the plugin's hooks in mmengine's ``HOOKS`` registry.
 """
-from .compat.mmcv_ops import install_mmcv_ops_fallback
+from .compat.mmcv_version import require_compatible_mmcv
+
+require_compatible_mmcv()
+
+from .compat.mmcv_ops import install_mmcv_ops_fallback  # noqa: E402
 
 install_mmcv_ops_fallback()
 

@@ -2,6 +2,7 @@
 import copy
 import os.path as osp
 import sys
+import uuid
 from typing import Optional
 
 import pytest
@@ -102,8 +103,9 @@ def tiny_run_cfg(cfg,
     cfg.default_hooks.visualization = dict(type='SegVisualizationHook')
     cfg.visualizer.vis_backends = [dict(type='LocalVisBackend')]
     # mmengine keeps one visualizer instance per name and process: give
-    # each run its own, or a later run writes to an earlier run's backends
-    cfg.visualizer.name = f'visualizer:{work_dir}'
+    # each run (a resumed one too) its own, or a later run writes to an
+    # earlier run's backends (and mmengine warns)
+    cfg.visualizer.name = f'visualizer:{work_dir}:{uuid.uuid4().hex}'
     cfg.env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
     return cfg
 

@@ -1,5 +1,6 @@
 """tools/benchmark_memory.py on a tiny FCN-5L run, checked against figures
-computed by hand from the architecture and PAPER_SETUP.md's formulas."""
+computed by hand from the architecture and the formulas of
+docs/paper_setup.md."""
 import json
 import math
 import re

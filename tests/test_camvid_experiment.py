@@ -25,7 +25,7 @@ CAMVID_CONFIGS = osp.join(REPO, 'configs', 'camvid')
 HAS_DATA = osp.isfile(
     osp.join(DATA, 'ImageSets', 'Segmentation', 'target_train.txt'))
 
-# FCN 10L (PAPER_SETUP.md): input channels of the counted convs: conv_cat
+# FCN 10L (docs/paper_setup.md): input channels of the counted convs: conv_cat
 # (512 + 128, concat_input), convs.0, convs.1, layer4.1 conv1/conv2,
 # layer4.0 conv1/conv2/downsample, layer3.1 conv1/conv2; all at 1/8 of the
 # 64x64 smoke crop, batch 2, fp32

@@ -4,7 +4,7 @@ ASI) and 6 calibration configs.
 Every runnable config under ``configs/`` (not ``_base_`` folders, not
 ``configs/demo``) is parsed; one model per (model, setup) is built and the
 freeze / compressed-layer paths of all its leaves are resolved on it. The
-values are those of PAPER_SETUP.md. Every config's hooks are built
+values are those of docs/paper_setup.md. Every config's hooks are built
 (their constructors validate the arguments).
 """
 import functools
@@ -67,7 +67,7 @@ METHODS = {
     'asi-eps0.8': ('asi', 0.8),
 }
 
-# PAPER_SETUP.md, "Which layers": (freeze, [(compressed path, radius)]).
+# docs/paper_setup.md, "Which layers": (freeze, [(compressed path, radius)]).
 _DLV3_5L = ([
     'backbone', 'decode_head', '~decode_head.conv_seg',
     '~decode_head.bottleneck', '~decode_head.aspp_modules'

@@ -63,7 +63,7 @@ from mmseg_hosvd.camvid import (DEPTHS, METHODS, MODELS, SMOKE,  # noqa: E402
 CONFIGS = osp.join(REPO, 'configs', 'camvid')
 DEFAULT_OUT = osp.join('work_dirs', 'camvid_experiment')
 DEFAULT_SMOKE_OUT = osp.join('work_dirs', 'camvid_experiment_smoke')
-DEFAULT_DATA = osp.join('..', 'shared', 'data', 'camvid_voc')
+DEFAULT_DATA = osp.join('data', 'camvid_voc')  # tools/convert_camvid.py
 
 
 # ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEFAULT_CONFIG = osp.join(
     REPO, 'configs', 'camvid', 'fcn',
     'fcn_r18-d8_10l-hosvd-eps0.8_1xb8-100it_camvid-target-80x80.py')
-DEFAULT_DATA = osp.join(osp.dirname(REPO), 'shared', 'data', 'camvid_voc')
+DEFAULT_DATA = osp.join(REPO, 'data', 'camvid_voc')  # tools/convert_camvid.py
 MIB = 2**20
 
 

@@ -1,4 +1,4 @@
-# PSPNet-M 10L (PAPER_SETUP.md, "Which layers"): the layer lists only,
+# PSPNet-M 10L (docs/paper_setup.md, "Which layers"): the layer lists only,
 # shared by every dataset's setup base (configs/<folder>/_base_/
 # mobilenet-v2-d8_pspnet_10l_*.py). ``freeze_layers`` is applied in order to the fully
 # trainable model ('~path' unfreezes); ``compressed_layers`` are the convs

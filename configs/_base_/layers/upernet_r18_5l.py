@@ -1,4 +1,4 @@
-# UPerNet 5L (PAPER_SETUP.md, "Which layers"): the layer lists only,
+# UPerNet 5L (docs/paper_setup.md, "Which layers"): the layer lists only,
 # shared by every dataset's setup base (configs/<folder>/_base_/
 # upernet_r18_5l_*.py). ``freeze_layers`` is applied in order to the fully
 # trainable model ('~path' unfreezes); ``compressed_layers`` are the convs

@@ -1,4 +1,4 @@
-# BASE (not a runnable experiment): DLV3 5L (PAPER_SETUP.md) on VOC:
+# BASE (not a runnable experiment): DLV3 5L (docs/paper_setup.md) on VOC:
 # the paper's layer lists (configs/_base_/layers/deeplabv3_r18-d8_5l.py) given to
 # the compression hook.
 _base_ = [

@@ -1,4 +1,4 @@
-# BASE (not a runnable experiment): FCN 10L (PAPER_SETUP.md) on VOC:
+# BASE (not a runnable experiment): FCN 10L (docs/paper_setup.md) on VOC:
 # the paper's layer lists (configs/_base_/layers/fcn_r18-d8_10l.py) given to
 # the compression hook.
 _base_ = [

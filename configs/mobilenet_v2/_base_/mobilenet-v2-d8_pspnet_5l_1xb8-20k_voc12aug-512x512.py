@@ -1,4 +1,4 @@
-# BASE (not a runnable experiment): PSPNet-M 5L (PAPER_SETUP.md) on VOC:
+# BASE (not a runnable experiment): PSPNet-M 5L (docs/paper_setup.md) on VOC:
 # the paper's layer lists (configs/_base_/layers/mobilenet-v2-d8_pspnet_5l.py) given to
 # the compression hook.
 _base_ = [

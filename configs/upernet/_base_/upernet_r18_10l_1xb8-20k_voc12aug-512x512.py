@@ -1,4 +1,4 @@
-# BASE (not a runnable experiment): UPerNet 10L (PAPER_SETUP.md) on VOC:
+# BASE (not a runnable experiment): UPerNet 10L (docs/paper_setup.md) on VOC:
 # the paper's layer lists (configs/_base_/layers/upernet_r18_10l.py) given to
 # the compression hook.
 _base_ = [

@@ -1,4 +1,4 @@
-# CamVid in VOC layout (../shared/data/camvid_voc, see its README): 11
+# CamVid in VOC layout (data/camvid_voc, tools/convert_camvid.py): 11
 # classes, 255 = unlabelled. Reduced resolution for a CPU-scale experiment
 # (a deviation from the paper's 512x512 VOC crops): the 480x360 frames are
 # resized to 112x84 (x0.233) for testing and to 112x84 x [0.5, 2.0]
@@ -20,7 +20,7 @@
 # VOC's, the VOC layout is read the same way (<name>.jpg / <name>.png listed
 # by the split file)
 dataset_type = 'BaseSegDataset'
-data_root = '../shared/data/camvid_voc'
+data_root = 'data/camvid_voc'  # made by tools/convert_camvid.py
 crop_size = (80, 80)
 img_scale = (112, 84)
 metainfo = dict(
