@@ -6,7 +6,7 @@ import torch
 
 from mmseg_hosvd.ops import hosvd
 from mmseg_hosvd.ops import decomposition
-from mmseg_hosvd.ops.conv import ConvGeometry, conv_weight_grad, \
+from mmseg_hosvd.ops.weight_grad import ConvGeometry, conv_weight_grad, \
     hosvd_weight_grad
 from mmseg_hosvd.ops.decomposition import (TuckerFactors,
                                            explained_variance_rank,
