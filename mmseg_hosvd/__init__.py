@@ -10,13 +10,14 @@ from .compat.mmcv_ops import install_mmcv_ops_fallback
 install_mmcv_ops_fallback()
 
 from .engine import (ActivationCompressionHook,  # noqa: E402
-                     ActivationMemoryHook, WeightsOnlyCheckpointHook)
+                     ActivationMemoryHook, NonFiniteStepGuardHook,
+                     WeightsOnlyCheckpointHook)
 from .ops import CompressedConv2d, CompressionStats  # noqa: E402
 
 __version__ = '0.1.0'
 
 __all__ = [
     'ActivationCompressionHook', 'ActivationMemoryHook',
-    'WeightsOnlyCheckpointHook', 'CompressedConv2d', 'CompressionStats',
+    'WeightsOnlyCheckpointHook', 'NonFiniteStepGuardHook', 'CompressedConv2d', 'CompressionStats',
     '__version__'
 ]
