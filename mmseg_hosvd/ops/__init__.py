@@ -1,7 +1,8 @@
 """Compressed-activation convolution ops (HOSVD, SVD, ASI, Gradient Filter).
 
 Modules: :mod:`.methods` (method names, checks), :mod:`.accounting` (bytes,
-:class:`CompressionStats`), :mod:`.decomposition` (HOSVD/SVD maths),
+:class:`CompressionStats`), :mod:`.decomposition` (HOSVD/SVD maths, on
+:mod:`.unfolding` and :mod:`.eigen`),
 :mod:`.weight_grad` (gradient maths), :mod:`.functions` (autograd
 Functions), :mod:`.functional` (:func:`compressed_conv2d`) and :mod:`.conv`
 (:class:`CompressedConv2d`).

@@ -13,8 +13,9 @@ import torch
 import torch.nn.grad
 from torch import Tensor
 
-from .decomposition import (SVDFactors, TuckerFactors, cheapest_mode_order,
-                            mode_chain_flops, multi_mode_product)
+from .decomposition import SVDFactors, TuckerFactors
+from .unfolding import (cheapest_mode_order, mode_chain_flops,
+                        multi_mode_product)
 from .methods import check_weight_grad_path
 
 Pair = Tuple[int, int]
