@@ -18,6 +18,6 @@ __version__ = '0.1.0'
 
 __all__ = [
     'ActivationCompressionHook', 'ActivationMemoryHook',
-    'WeightsOnlyCheckpointHook', 'NonFiniteStepGuardHook', 'CompressedConv2d', 'CompressionStats',
-    '__version__'
+    'WeightsOnlyCheckpointHook', 'NonFiniteStepGuardHook', 'CompressedConv2d',
+    'CompressionStats', '__version__'
 ]

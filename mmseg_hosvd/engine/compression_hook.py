@@ -312,4 +312,3 @@ class ActivationCompressionHook(Hook):
                 'receive no gradient; set model_wrapper_cfg=dict('
                 "type='MMDistributedDataParallel', "
                 'find_unused_parameters=True)')
-

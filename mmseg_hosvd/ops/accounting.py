@@ -62,7 +62,6 @@ class CompressionStats:
         return 4 * self.paper_elements
 
 
-
 def non_finite_flag(tensor: Tensor) -> Tensor:
     """0-d bool tensor, True where ``tensor`` has NaN/Inf (no host sync).
 
@@ -117,4 +116,3 @@ def distinct_kept_bytes(stats: Sequence['CompressionStats']) -> int:
         for key in item.storage_keys:
             keys[key[:2]] = key[2]
     return loose + sum(keys.values())
-

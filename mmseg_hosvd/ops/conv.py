@@ -311,12 +311,12 @@ class CompressedConv2d(nn.Conv2d):
                     cache.put(input, config, factors, self.name)
             if factors is None:
                 return non_finite_conv2d(cast_input, weight, bias, geometry,
-                                          self.method,
-                                          reused=found is not None)
+                                         self.method,
+                                         reused=found is not None)
             return low_rank_conv2d(cast_input, weight, bias, geometry,
-                                    self.method, self.eps, self.name, 'auto',
-                                    factors=factors,
-                                    reused=found is not None)
+                                   self.method, self.eps, self.name, 'auto',
+                                   factors=factors,
+                                   reused=found is not None)
 
     def _decompose(self, activation: Tensor
                    ) -> Optional[Factors]:

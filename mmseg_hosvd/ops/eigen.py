@@ -94,4 +94,3 @@ def symmetric_eigvalsh(gram: Tensor) -> Tensor:
         except torch.linalg.LinAlgError:
             return torch.linalg.svdvals(gram.double()).flip(-1).to(
                 gram.dtype)
-

@@ -105,17 +105,19 @@ def autocast_arguments(
 
 
 def low_rank_conv2d(input: Tensor,
-                     weight: Tensor,
-                     bias: Optional[Tensor],
-                     geometry: ConvGeometry,
-                     method: str,
-                     eps: float,
-                     name: str,
-                     weight_grad_path: str,
-                     factors: Optional[Factors] = None,
-                     reused: bool = False,
-                     non_finite: str = 'raise'
-                     ) -> Tuple[Tensor, CompressionStats]:
+                    weight: Tensor,
+                    bias: Optional[Tensor],
+                    geometry: ConvGeometry,
+                    method: str,
+                    eps: float,
+                    name: str,
+                    weight_grad_path: str,
+                    factors: Optional[Factors] = None,
+                    reused: bool = False,
+                    non_finite: str = 'raise'
+                    ) -> Tuple[Tensor, CompressionStats]:
+    """HOSVD/SVD/ASI conv of ``input`` ``(B, C, H, W)``: saves
+    ``factors`` (decomposed here when None) instead of the input."""
     if factors is None:
         factors = decompose(method, input.detach(), eps, name, non_finite)
         if factors is None:
@@ -142,13 +144,12 @@ def low_rank_conv2d(input: Tensor,
 
 
 def decompose(method: str, activation: Tensor, eps: float, name: str,
-               non_finite: str = 'raise'
-               ) -> Optional[Factors]:
+              non_finite: str = 'raise') -> Optional[Factors]:
     """HOSVD/SVD factors; None for a NaN/Inf input with ``non_finite=
     'skip'`` (FloatingPointError naming ``name`` with ``'raise'``)."""
-    decompose = hosvd if method == 'hosvd' else truncated_svd
+    factorize = hosvd if method == 'hosvd' else truncated_svd
     try:
-        return decompose(activation, eps)
+        return factorize(activation, eps)
     except FloatingPointError as error:
         if non_finite == 'skip':
             return None
@@ -158,8 +159,10 @@ def decompose(method: str, activation: Tensor, eps: float, name: str,
 
 
 def gradient_filter_conv2d(input: Tensor, weight: Tensor,
-                            bias: Optional[Tensor], geometry: ConvGeometry,
-                            radius: int) -> Tuple[Tensor, CompressionStats]:
+                           bias: Optional[Tensor], geometry: ConvGeometry,
+                           radius: int) -> Tuple[Tensor, CompressionStats]:
+    """Gradient Filter conv: saves the patch-summed input and the
+    kernel-summed weight (the weight itself when dilation >= radius)."""
     output_hw = geometry.output_hw(input.shape[-2:], weight.shape[-2:])
     input_sum = filter_input(input.detach(), geometry.stride, radius,
                              output_hw)
@@ -180,11 +183,10 @@ def gradient_filter_conv2d(input: Tensor, weight: Tensor,
     return output, stats
 
 
-
 def non_finite_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor],
-                       geometry: ConvGeometry, method: str,
-                       reused: bool = False
-                       ) -> Tuple[Tensor, CompressionStats]:
+                      geometry: ConvGeometry, method: str,
+                      reused: bool = False
+                      ) -> Tuple[Tensor, CompressionStats]:
     """``non_finite='skip'`` fallback of the low-rank methods: nothing of
     the input is kept (zero bytes, no ranks)."""
     output = _NonFiniteConv2dFunction.apply(input, weight, bias, geometry)
@@ -196,4 +198,3 @@ def non_finite_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor],
                              reused=reused,
                              non_finite=True)
     return output, stats
-

@@ -193,8 +193,6 @@ class _ShapeOnlyPad(Function):
         return grad_input, None, None
 
 
-
-
 #: autograd node name -> index in ``saved_tensors`` of the weight-derived
 #: tensor it saves (the other saved tensors are the compressed activation):
 #: lets a memory meter tell the compressed activation from the weight

@@ -42,7 +42,7 @@ def check_non_finite(mode: str) -> str:
 
 
 def check_weight_grad_path(path: str) -> str:
-    """Return ``path``; ValueError unless it is in :data:`WEIGHT_GRAD_PATHS`."""
+    """Return ``path``; ValueError unless in :data:`WEIGHT_GRAD_PATHS`."""
     if path not in WEIGHT_GRAD_PATHS:
         raise ValueError(f'path must be one of {WEIGHT_GRAD_PATHS}, got '
                          f'path={path!r}')

@@ -147,8 +147,6 @@ def subspace_iteration_step(x: Tensor,
     return TuckerFactors(core=core, factors=tuple(new_bases))
 
 
-
-
 def resize_basis(basis: Tensor, rank: int,
                  generator: torch.Generator) -> Tensor:
     """``basis`` with ``rank`` columns: the leading ones kept, new ones drawn

@@ -115,7 +115,6 @@ def dual_mode_gram(x: Tensor, mode: int) -> Tensor:
     return unfolding.T @ unfolding
 
 
-
 def float64_mode_gram(x: Tensor, mode: int, dual: bool = False) -> Tensor:
     """:func:`mode_gram` (or :func:`dual_mode_gram` if ``dual``) of ``x``
     computed in float64, from float64 copies of pieces of about

@@ -75,7 +75,6 @@ def contract_batch(grad_output: Tensor, batch_factor: Tensor) -> Tensor:
     return flat.reshape((rank, ) + tuple(grad_output.shape[1:]))
 
 
-
 def hosvd_weight_grad_flops(ranks: Sequence[int], input_shape: Sequence[int],
                             weight_shape: Sequence[int],
                             output_shape: Sequence[int],
@@ -183,4 +182,3 @@ def svd_weight_grad(factors: SVDFactors, grad_output: Tensor,
     grad_batch = contract_batch(grad_output.to(factors.left.dtype),
                                 factors.left)
     return conv_weight_grad(right_images, grad_batch, weight_shape, geometry)
-
