@@ -30,7 +30,7 @@ from torch import Tensor
 from .eigen import (eigh_descending, single_threaded_lapack, symmetric_eigh,
                     symmetric_eigvalsh)
 from .unfolding import (dual_mode_gram, float64_mode_gram, mode_gram,
-                        multi_mode_product)
+                        multi_mode_product, uses_dual_gram)
 
 NUM_MODES = 4
 NON_FINITE_MESSAGE = ('input contains NaN/Inf (its Gram matrices are not '
@@ -350,16 +350,6 @@ def _mode_basis(data: Tensor, mode: int, leading: Tensor,
     product = unfolding @ leading
     with single_threaded_lapack(data.device):
         return torch.linalg.qr(product).Q.contiguous()
-
-
-def uses_dual_gram(shape: Sequence[int], mode: int, eps: float) -> bool:
-    """Whether mode ``mode`` is larger than the product of the others (e.g.
-    2560 channels at 8x8 in UPerNet's PSP bottleneck, batch 8): its
-    eigenvectors then come from the smaller *dual* Gram ``X^T X`` (same
-    non-zero eigenvalues). Not for ``eps == 1``, which keeps the whole
-    mode (more vectors than the dual has)."""
-    size = shape[mode]
-    return eps < 1.0 and math.prod(shape) < size * size
 
 
 def truncated_svd(x: Tensor, eps: float) -> SVDFactors:

@@ -132,3 +132,13 @@ def float64_mode_gram(x: Tensor, mode: int, dual: bool = False) -> Tensor:
         part = dual_mode_gram(piece, mode) if dual else mode_gram(piece, mode)
         gram = part if gram is None else gram.add_(part)
     return gram
+
+
+def uses_dual_gram(shape: Sequence[int], mode: int, eps: float) -> bool:
+    """Whether mode ``mode`` is larger than the product of the others (e.g.
+    2560 channels at 8x8 in UPerNet's PSP bottleneck, batch 8): its
+    eigenvectors then come from the smaller *dual* Gram ``X^T X`` (same
+    non-zero eigenvalues). Not for ``eps == 1``, which keeps the whole
+    mode (more vectors than the dual has)."""
+    size = shape[mode]
+    return eps < 1.0 and math.prod(shape) < size * size
