@@ -330,10 +330,8 @@ def _leading_eigenvectors(gram: Tensor, rank: int, iters: int) -> Tensor:
     start = torch.randn(n, block, generator=generator, dtype=gram.dtype)
     with single_threaded_lapack(gram.device):
         basis = torch.linalg.qr(start.to(gram.device)).Q
-    for _ in range(iters):
-        product = gram @ basis  # on every thread
-        with single_threaded_lapack(gram.device):
-            basis = torch.linalg.qr(product).Q
+        for _ in range(iters):
+            basis = torch.linalg.qr(gram @ basis).Q
     projected = basis.T @ (gram @ basis)
     _, rotation = symmetric_eigh((projected + projected.T)[None] / 2)
     return basis @ rotation[0][:, -rank:].flip(-1)

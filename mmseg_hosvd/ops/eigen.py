@@ -22,8 +22,9 @@ def single_threaded_lapack(device: torch.device):
     the README's "Speed" section: a 640 x 640 ``eigh`` took 173 ms on one
     thread vs 672 ms on two, median of 15 under load ~12). torch has no
     per-call thread setting, so the process-wide count is set around the
-    LAPACK calls only (never around matrix products) and restored on exit;
-    other devices are left alone.
+    LAPACK calls only (and the subspace-iteration loop that alternates
+    them with small products) and restored on exit; other devices are
+    left alone.
     """
     threads = torch.get_num_threads()
     if torch.device(device).type != 'cpu' or threads == 1:
