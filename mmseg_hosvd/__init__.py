@@ -16,7 +16,8 @@ from .compat.mmcv_ops import install_mmcv_ops_fallback  # noqa: E402
 install_mmcv_ops_fallback()
 
 from .engine import (ActivationCompressionHook,  # noqa: E402
-                     ActivationMemoryHook, WeightsOnlyCheckpointHook)
+                     ActivationMemoryHook, NonFiniteStepGuardHook,
+                     WeightsOnlyCheckpointHook)
 from .lean_loss import (LeanLossEncoderDecoder,  # noqa: E402
                         install_lean_loss, remove_lean_loss)
 from .ops import CompressedConv2d, CompressionStats  # noqa: E402
@@ -25,7 +26,7 @@ __version__ = '0.1.0'
 
 __all__ = [
     'ActivationCompressionHook', 'ActivationMemoryHook',
-    'WeightsOnlyCheckpointHook', 'CompressedConv2d', 'CompressionStats',
-    'LeanLossEncoderDecoder', 'install_lean_loss', 'remove_lean_loss',
-    '__version__'
+    'WeightsOnlyCheckpointHook', 'NonFiniteStepGuardHook', 'CompressedConv2d',
+    'CompressionStats', 'LeanLossEncoderDecoder', 'install_lean_loss',
+    'remove_lean_loss', '__version__'
 ]

@@ -6,8 +6,10 @@ keys:
 * eval-mode BatchNorms as :class:`~mmseg_hosvd.ops.folding.
   LeanBatchNorm2d`, keeping no input: a frozen one keeps its per-channel
   scale only; one whose affine parameters train is folded into the conv
-  before it (:class:`~mmseg_hosvd.ops.folding.NormFoldingConv2d`), which
-  then keeps the folded weight instead. Pairs are found structurally: mmcv ``ConvModule`` (conv then
+  before it (the conv's :class:`~mmseg_hosvd.ops.folding.NormFolding`: a
+  plain conv becomes a :class:`~mmseg_hosvd.ops.folding.NormFoldingConv2d`,
+  a compressed conv has one already), which then keeps the folded weight
+  instead. Pairs are found structurally: mmcv ``ConvModule`` (conv then
   norm), blocks with ``conv{i}``/``norm{i}_name`` (mmseg/mmcv ResNet
   ``BasicBlock``/``Bottleneck``) and consecutive children of an
   ``nn.Sequential`` (ResNet stems and downsamples). A ``ConvModule`` with
@@ -28,7 +30,7 @@ exact unless the conv computes its weight gradient from a compressed input
 conv's weight gradient).
 """
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch.nn as nn
 from mmcv.cnn import ConvModule
@@ -36,7 +38,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .ops import VANILLA, CompressedConv2d
 from .ops.activation import MaskedReLU, MaskedReLU6
-from .ops.folding import LeanBatchNorm2d, NormFoldingConv2d
+from .ops.folding import LeanBatchNorm2d, NormFolding, NormFoldingConv2d
 from .ops.pooling import ShapeOnlyAdaptiveAvgPool2d
 
 #: ``lean_backward`` modes: nothing, every exact replacement, or also the
@@ -114,6 +116,12 @@ def _approximate(conv: nn.Conv2d) -> bool:
     return isinstance(conv, CompressedConv2d) and conv.method != VANILLA
 
 
+def _folding(conv: nn.Module) -> Optional[NormFolding]:
+    """The conv's BatchNorm-folding component, None for a plain conv."""
+    folding = getattr(conv, 'norm_folding', None)
+    return folding if isinstance(folding, NormFolding) else None
+
+
 def _trainable(norm: _BatchNorm) -> bool:
     return any(p is not None and p.requires_grad
                for p in (norm.weight, norm.bias))
@@ -156,10 +164,10 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
             if mode == 'exact' and _approximate(conv):
                 lean.unfolded.append((conv_path, norm_path))
                 continue
-            if not isinstance(conv, NormFoldingConv2d):
+            if _folding(conv) is None:
                 conv = NormFoldingConv2d.from_conv(conv)
                 _replace(model, conv_path, conv, lean)
-            conv.fold_norm(norm)
+            _folding(conv).fold(norm)
             lean.folded.append((conv_path, norm_path))
     for path, module in list(model.named_modules()):
         if type(module) is nn.ReLU:
@@ -178,9 +186,9 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
 def remove_lean_backward(model: nn.Module, lean: LeanBackward) -> None:
     """Undo :func:`install_lean_backward` (before removing compression)."""
     for conv_path, _ in lean.folded:
-        conv = model.get_submodule(conv_path)
-        if isinstance(conv, NormFoldingConv2d):
-            conv.fold_norm(None)
+        folding = _folding(model.get_submodule(conv_path))
+        if folding is not None:
+            folding.fold(None)
     for path, original in reversed(list(lean.originals.items())):
         parent_path, _, attr = path.rpartition('.')
         parent = model.get_submodule(parent_path) if parent_path else model

@@ -24,6 +24,7 @@ from typing import (Any, Callable, Dict, Iterable, List, Optional,
 
 import torch.nn as nn
 from mmcv.cnn import ConvModule
+from mmengine.utils import is_seq_of
 from mmseg.models.backbones.resnet import BasicBlock
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -300,10 +301,15 @@ def trainable_parameter_names(model: nn.Module) -> List[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
-def optional_list(value: Optional[Sequence], key: str) -> List:
-    """Config lists: ``None`` -> ``[]``; reject a bare string."""
+def optional_list(value: Optional[Sequence], key: str,
+                  item_types: Tuple[type, ...] = (object, )) -> List:
+    """Config lists: ``None`` -> ``[]``; reject a bare string and items
+    that are not of ``item_types``."""
     if value is None:
         return []
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+    if isinstance(value, (str, bytes)) or not is_seq_of(value, object):
         raise ValueError(f'{key}: expected a list, got {value!r}')
+    if not is_seq_of(value, item_types):
+        names = ' or '.join(t.__name__ for t in item_types)
+        raise ValueError(f'{key}: expected a list of {names}, got {value!r}')
     return list(value)

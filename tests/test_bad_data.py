@@ -177,7 +177,7 @@ def test_all_zero_images_train(tmp_path, tiny_voc):
     assert not torch.equal(zero.params[-1]['decode_head.conv_seg.bias'],
                            zero.params[0]['decode_head.conv_seg.bias'])
     hook = next(h for h in runner.hooks
-                if type(h).__name__ == 'ActivationCompressionHook')
+                if type(h).__name__ == 'NonFiniteStepGuardHook')
     assert hook.skipped_steps == 0
 
 

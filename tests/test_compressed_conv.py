@@ -1,4 +1,5 @@
-"""Tests of mmseg_hosvd.ops.conv (CompressedConv2d, HOSVD/SVD autograd)."""
+"""Tests of mmseg_hosvd.ops.conv, .functional, .functions and .weight_grad
+(CompressedConv2d, HOSVD/SVD autograd)."""
 import itertools
 
 import pytest
@@ -10,10 +11,10 @@ from torch.nn.modules.utils import _pair
 from mmseg_hosvd.ops import (METHODS, CompressedConv2d, CompressionStats,
                              hosvd, hosvd_paper_elements, svd_paper_elements,
                              truncated_svd)
-from mmseg_hosvd.ops.conv import (ConvGeometry, compressed_conv2d,
-                                  hosvd_weight_grad,
-                                  select_hosvd_weight_grad_path,
-                                  svd_weight_grad)
+from mmseg_hosvd.ops import ConvGeometry, compressed_conv2d
+from mmseg_hosvd.ops.weight_grad import (hosvd_weight_grad,
+                                         select_hosvd_weight_grad_path,
+                                         svd_weight_grad)
 
 # (in_channels, out_channels, groups)
 GROUP_CONFIGS = {

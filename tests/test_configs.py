@@ -481,7 +481,7 @@ def test_checkpoints_md_lists_every_checkpoint():
 
 
 PLUGIN_HOOKS = {'ActivationCompressionHook', 'ActivationMemoryHook',
-                'WeightsOnlyCheckpointHook'}
+                'WeightsOnlyCheckpointHook', 'NonFiniteStepGuardHook'}
 
 
 @pytest.mark.parametrize('path', runnable_configs(),
@@ -499,3 +499,5 @@ def test_hooks_build(path):
     assert 'WeightsOnlyCheckpointHook' in built
     if 'pretrain' not in osp.basename(path):
         assert 'ActivationCompressionHook' in built
+        # its non_finite='skip' (the default) needs the step guard
+        assert 'NonFiniteStepGuardHook' in built

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from mmseg_hosvd.ops import hosvd
-from mmseg_hosvd.ops import decomposition
-from mmseg_hosvd.ops.conv import ConvGeometry, conv_weight_grad, \
+from mmseg_hosvd.ops import decomposition, eigen
+from mmseg_hosvd.ops import unfolding as unfolding_module
+from mmseg_hosvd.ops.weight_grad import ConvGeometry, conv_weight_grad, \
     hosvd_weight_grad
 from mmseg_hosvd.ops.decomposition import (TuckerFactors,
-                                           explained_variance_rank,
-                                           mode_gram, multi_mode_product)
+                                           explained_variance_rank)
+from mmseg_hosvd.ops.unfolding import mode_gram, multi_mode_product
 
 
 def unfolding(x, mode):
@@ -33,7 +34,7 @@ def reference_hosvd(x, eps):
                                    (3, 5, 40, 6), (2, 3, 600, 4)])
 def test_mode_gram_fast_paths_match_the_unfolding(shape, monkeypatch):
     # small chunks force several pieces in the copied path
-    monkeypatch.setattr(decomposition, 'COPY_CHUNK_ELEMENTS', 64)
+    monkeypatch.setattr(unfolding_module, 'COPY_CHUNK_ELEMENTS', 64)
     x = torch.randn(shape, dtype=torch.float64)
     for mode in range(4):
         a = unfolding(x, mode)
@@ -161,7 +162,7 @@ def test_lapack_runs_single_threaded_and_restores_the_thread_count(
         assert seen and set(seen) == {1}
         assert torch.get_num_threads() == 2
         with pytest.raises(RuntimeError):
-            with decomposition.single_threaded_lapack(torch.device('cpu')):
+            with eigen.single_threaded_lapack(torch.device('cpu')):
                 raise RuntimeError('restored on errors too')
         assert torch.get_num_threads() == 2
     finally:

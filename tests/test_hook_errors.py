@@ -18,6 +18,9 @@ DEMO = osp.join(CONFIGS, 'demo', 'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
     (dict(eps=float('nan')), 'eps'),
     (dict(radius=0), 'radius must be an int >= 1, got radius=0'),
     (dict(layers='backbone'), "layers: expected a list, got 'backbone'"),
+    (dict(layers=[3]), r'layers: expected a list of str or dict, got \[3\]'),
+    (dict(freeze=[dict(path='backbone')]),
+     'freeze: expected a list of str, got'),
     (dict(layers=['a'], num_layers=3), 'layers and num_layers are exclusive'),
     (dict(freeze=['a'], num_layers=3), 'freeze and num_layers are exclusive'),
     (dict(num_layers=0), 'num_layers: expected an int >= 1, got 0'),
@@ -49,6 +52,8 @@ def _runner_with_hook(tmp_path, tiny_voc, **hook):
      "'backbone.layer4.1.conv1' is frozen"),
     (dict(freeze=['backbone.layer9']), "freeze: path 'backbone.layer9'"),
     (dict(num_layers=10_000), 'num_layers=10000 but the model runs only'),
+    (dict(layers=['decode_head.conv_cat']),
+     "non_finite='skip' needs a NonFiniteStepGuardHook in the run"),
 ])
 def test_bad_layers_fail_before_the_first_iteration(tmp_path, tiny_voc, hook,
                                                     message):

@@ -18,7 +18,7 @@ from mmseg_hosvd.lean_backward import conv_norm_pairs, remove_lean_backward
 from mmseg_hosvd.ops.activation import (MaskedReLU, MaskedReLU6, pack_bits,
                                         unpack_bits)
 from mmseg_hosvd.ops.folding import (LeanBatchNorm2d, NormFoldingConv2d,
-                                     fold_batch_norm)
+                                     fold_batch_norm, folding_pays)
 from mmseg_hosvd.ops.pooling import ShapeOnlyAdaptiveAvgPool2d
 from mmseg_hosvd.profiling import SavedTensorMeter
 from test_training import FAMILIES, leaf_config
@@ -157,7 +157,7 @@ def test_folded_conv_norm_matches_conv_then_norm(bias, trainable_norm, batch,
     if trainable_norm:  # as install_lean_backward: frozen ones scale only
         folding.fold_norm(lean_norm)
     x2 = x.detach().clone().requires_grad_()
-    assert folding._folding_pays(x2) == folds
+    assert folding_pays(folding, x2) == folds
     with SavedTensorMeter(list(conv2.parameters()) +
                           list(norm2.parameters())) as meter:
         out = folding(x2)

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from mmseg_hosvd.ops import CompressedConv2d, hosvd
-from mmseg_hosvd.ops.conv import hosvd_weight_grad, ConvGeometry
+from mmseg_hosvd.ops.weight_grad import hosvd_weight_grad, ConvGeometry
 from mmseg_hosvd.ops.decomposition import TuckerFactors
 from mmseg_hosvd.ops.subspace_iteration import (SubspaceTracker, gram_route,
                                                 gram_times, mode_cross,

@@ -76,6 +76,7 @@ custom_hooks = [
          freeze=['backbone', '~backbone.layer4.1'],
          layers=['decode_head.conv_cat', 'decode_head.convs.0',
                  'decode_head.convs.1', 'backbone.layer4.1']),
+    dict(type='NonFiniteStepGuardHook'),
     dict(type='ActivationMemoryHook'),
     dict(type='WeightsOnlyCheckpointHook'),
 ]

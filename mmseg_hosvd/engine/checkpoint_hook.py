@@ -21,11 +21,23 @@ class WeightsOnlyCheckpointHook(Hook):
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Store every entry but ``state_dict`` as tensors and numbers.
+
+        Args:
+            runner (Runner): The runner of the training process.
+            checkpoint (dict): The checkpoint about to be saved.
+        """
         for key in checkpoint:
             if key != 'state_dict':
                 checkpoint[key] = to_weights_only(checkpoint[key])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Rebuild the entries stored by :meth:`before_save_checkpoint`.
+
+        Args:
+            runner (Runner): The runner of the training process.
+            checkpoint (dict): The loaded checkpoint.
+        """
         for key in checkpoint:
             if key != 'state_dict':
                 checkpoint[key] = from_weights_only(checkpoint[key])

@@ -1,17 +1,15 @@
-from functools import partial
+"""The compression hook: freezing, compressed convs, lean modules, BN eval."""
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 from torch.nn.parallel import DistributedDataParallel
 
 from ..ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
-                   CompressedConv2d, SubspaceTracker, check_eps,
-                   non_finite_layers)
+                   CompressedConv2d, SubspaceTracker, check_eps)
 from ..lean_backward import (LeanBackward, check_lean_backward,
                              install_lean_backward)
 from ..ops.gradient_filter import check_radius
@@ -22,6 +20,7 @@ from ..surgery import (apply_freeze, batch_norms, check_trainable,
                        load_compression_state_dict, optional_list,
                        resolve_layers, set_norm_eval,
                        trainable_parameter_names)
+from .guard_hook import NonFiniteStepGuardHook, step_guard
 
 LayerEntry = Union[str, dict]
 #: key of the compression state (``asi`` ranks and bases) in checkpoints
@@ -80,11 +79,10 @@ class ActivationCompressionHook(Hook):
             ``'raise'``: HOSVD/SVD raise ``FloatingPointError`` naming the
             layer (the other methods let NaN propagate into the weights);
             ``'skip'``: the convs keep nothing of it and give a NaN weight
-            gradient, and an optimizer step pre-hook skips every step whose
-            gradients are not all finite (whatever the method, vanilla
-            included): all ``.grad`` are set to None so that no parameter,
-            momentum or weight decay changes. Skipped steps are counted in
-            :attr:`skipped_steps` and logged as warnings.
+            gradient, and the companion
+            :class:`~.guard_hook.NonFiniteStepGuardHook` (which the run must
+            register, else ``before_train`` raises ValueError) skips every
+            optimizer step whose gradients are not all finite.
 
         lean_backward: make the step keep only what backward needs
             (:mod:`mmseg_hosvd.lean_backward`): ``'exact'`` (default; the
@@ -98,7 +96,7 @@ class ActivationCompressionHook(Hook):
 
     Attributes:
         lean: what ``lean_backward`` installed (after ``install``).
-        skipped_steps: optimizer steps skipped for non-finite gradients.
+        compressed_paths: the paths of the installed convs.
     """
 
     priority = 'VERY_HIGH'
@@ -124,9 +122,6 @@ class ActivationCompressionHook(Hook):
             raise ValueError(f'non_finite: expected one of '
                              f'{NON_FINITE_MODES}, got {non_finite!r}')
         self.non_finite = non_finite
-        self.skipped_steps = 0
-        self._step_guards = []
-        self._convs: Dict[str, CompressedConv2d] = {}
         if method not in MODULE_METHODS:
             raise ValueError(f'method: unknown method {method!r}; expected '
                              f'one of {MODULE_METHODS}')
@@ -142,8 +137,8 @@ class ActivationCompressionHook(Hook):
         self.method = method
         self.eps = check_eps(eps)
         self.radius = check_radius(radius)
-        self.layers = optional_list(layers, 'layers')
-        self.freeze = optional_list(freeze, 'freeze')
+        self.layers = optional_list(layers, 'layers', (str, dict))
+        self.freeze = optional_list(freeze, 'freeze', (str, ))
         if num_layers is not None:
             if self.layers:
                 raise ValueError('layers and num_layers are exclusive: give '
@@ -173,6 +168,12 @@ class ActivationCompressionHook(Hook):
         self._norms = []
 
     def before_run(self, runner) -> None:
+        """Freeze the model and install the compressed convs and the lean
+        modules (:meth:`install`), on the unwrapped model.
+
+        Args:
+            runner (Runner): The runner of the training process.
+        """
         self._check_ddp(runner.model)
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
@@ -207,7 +208,6 @@ class ActivationCompressionHook(Hook):
                                         subspaces=subspaces,
                                         non_finite=self.non_finite)
         self.compressed_paths = list(installed)
-        self._convs = dict(installed)
         self.lean = install_lean_backward(model, self.lean_backward,
                                           fold_norms=self.norm_eval)
         self._norms = batch_norms(model) if self.norm_eval else []
@@ -222,14 +222,28 @@ class ActivationCompressionHook(Hook):
         return compression_state_dict(model)
 
     def load_state_dict(self, model: nn.Module, state: dict) -> None:
+        """Restore :meth:`state_dict` output into ``model`` (unwrapped)."""
         load_compression_state_dict(model, state)
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Put the ``asi`` state into ``checkpoint['compression_state']``.
+
+        Args:
+            runner (Runner): The runner of the training process.
+            checkpoint (dict): The checkpoint about to be saved.
+        """
         state = self.state_dict(self._unwrap(runner.model))
         if any(state.values()):
             checkpoint[CHECKPOINT_KEY] = state
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """Restore the ``asi`` state from ``checkpoint`` (``--resume`` /
+        ``load_from``).
+
+        Args:
+            runner (Runner): The runner of the training process.
+            checkpoint (dict): The loaded checkpoint.
+        """
         state = checkpoint.get(CHECKPOINT_KEY)
         if not state or self.method != ASI or not self.compressed_paths:
             return
@@ -244,61 +258,37 @@ class ActivationCompressionHook(Hook):
         return model.module if is_model_wrapper(model) else model
 
     def before_train(self, runner) -> None:
-        """``non_finite='skip'``: guard every optimizer of the run."""
-        if self.non_finite != 'skip':
-            return
-        wrapper = runner.optim_wrapper
-        wrappers = (list(wrapper.values())
-                    if isinstance(wrapper, OptimWrapperDict) else [wrapper])
-        for optim_wrapper in wrappers:
-            self._step_guards.append(
-                optim_wrapper.optimizer.register_step_pre_hook(
-                    partial(self._skip_non_finite_step, runner)))
+        """With ``non_finite='skip'``, check that the run registers the
+        companion :class:`~.guard_hook.NonFiniteStepGuardHook`.
 
-    def after_train(self, runner) -> None:
-        self.remove_step_guards()
+        Args:
+            runner (Runner): The runner of the training process.
 
-    def after_run(self, runner) -> None:
-        self.remove_step_guards()
-
-    def remove_step_guards(self) -> None:
-        """Remove the optimizer step pre-hooks of :meth:`before_train`."""
-        for handle in self._step_guards:
-            handle.remove()
-        self._step_guards = []
-
-    def _skip_non_finite_step(self, runner, optimizer: torch.optim.Optimizer,
-                              args, kwargs) -> None:
-        """Optimizer step pre-hook: if any gradient is NaN/Inf, set every
-        ``.grad`` of ``optimizer`` to None, so that the step changes nothing
-        (one host synchronisation per step)."""
-        params = [
-            param for group in optimizer.param_groups
-            for param in group['params'] if param.grad is not None
-        ]
-        if not params or grads_are_finite(params):
-            return
-        for param in params:
-            param.grad = None
-        self.skipped_steps += 1
-        stats = {
-            path: conv.last_stats
-            for path, conv in self._convs.items()
-            if conv.last_stats is not None
-        }
-        layers = non_finite_layers(stats)
-        runner.logger.warning(
-            f'{type(self).__name__}: non-finite gradient in iteration '
-            f'{runner.iter + 1}: optimizer step skipped (no parameter, '
-            f'momentum or weight decay update); compressed layers with '
-            f'non-finite input: {", ".join(layers) or "none"}; '
-            f'{self.skipped_steps} step(s) skipped so far')
+        Raises:
+            ValueError: ``non_finite='skip'`` without the guard hook (the
+                NaN weight gradients would reach the weights).
+        """
+        if self.non_finite == 'skip' and step_guard(runner) is None:
+            raise ValueError(
+                f"{type(self).__name__}: non_finite='skip' needs a "
+                f'{NonFiniteStepGuardHook.__name__} in the run (add '
+                "default_hooks.non_finite_guard=dict(type='"
+                f"{NonFiniteStepGuardHook.__name__}')), or set "
+                "non_finite='raise'")
 
     def before_train_iter(self,
                           runner,
                           batch_idx: int,
                           data_batch=None) -> None:
-        # the train loop calls model.train() before every iteration
+        """Put the BatchNorms back in eval mode (``norm_eval``): the
+        train loop calls ``model.train()`` before every iteration.
+
+        Args:
+            runner (Runner): The runner of the training process.
+            batch_idx (int): The index of the current batch in the loop.
+            data_batch (dict or tuple or list, optional): Data from the
+                dataloader.
+        """
         self.set_norm_eval()
 
     def _trace_forward(self, model: torch.nn.Module) -> None:
@@ -322,11 +312,3 @@ class ActivationCompressionHook(Hook):
                 'receive no gradient; set model_wrapper_cfg=dict('
                 "type='MMDistributedDataParallel', "
                 'find_unused_parameters=True)')
-
-
-def grads_are_finite(params: Sequence[torch.Tensor]) -> bool:
-    """Whether every ``.grad`` of ``params`` (all not None) is finite; one
-    host synchronisation."""
-    flags = [torch.isfinite(param.grad).all() for param in params]
-    device = flags[0].device
-    return bool(torch.stack([flag.to(device) for flag in flags]).all())

@@ -13,7 +13,7 @@ from mmengine.registry import HOOKS
 from ..ops import (MIB, CompressionStats, distinct_kept_bytes,
                    non_finite_layers)
 from ..surgery import compressed_convs
-from .compression_hook import ActivationCompressionHook
+from .guard_hook import NonFiniteStepGuardHook
 
 
 def total_mib(stats: Dict[str, CompressionStats]) -> Tuple[float, float]:
@@ -106,8 +106,7 @@ class ActivationMemoryHook(Hook):
     * per layer (``per_layer=True``): ``act_mem_mib/<conv path>``,
       ``act_kept_mib/<conv path>`` and ``rank/<conv path>/<mode>``;
     * ``skipped_steps``: optimizer steps skipped so far for non-finite
-      gradients (by :class:`ActivationCompressionHook` with
-      ``non_finite='skip'``).
+      gradients (by :class:`~.guard_hook.NonFiniteStepGuardHook`).
 
     A layer whose input had NaN/Inf in an iteration
     (:attr:`~mmseg_hosvd.ops.CompressionStats.non_finite`) is counted in its
@@ -146,12 +145,21 @@ class ActivationMemoryHook(Hook):
                          batch_idx: int,
                          data_batch=None,
                          outputs: Optional[dict] = None) -> None:
+        """Record the iteration's stats and log them every ``interval``.
+
+        Args:
+            runner (Runner): The runner of the training process.
+            batch_idx (int): The index of the current batch in the loop.
+            data_batch (dict or tuple or list, optional): Data from the
+                dataloader.
+            outputs (dict, optional): Outputs of ``model.train_step``.
+        """
         model = runner.model.module if is_model_wrapper(
             runner.model) else runner.model
         stats = self.record(model)
         self.skipped_steps = sum(
             hook.skipped_steps for hook in runner.hooks
-            if isinstance(hook, ActivationCompressionHook))
+            if isinstance(hook, NonFiniteStepGuardHook))
         if not self.every_n_train_iters(runner, self.interval):
             return
         hub = runner.message_hub
@@ -215,6 +223,11 @@ class ActivationMemoryHook(Hook):
 
     @master_only
     def after_run(self, runner) -> None:
+        """Write the summary (:meth:`summary`) to ``out_file``.
+
+        Args:
+            runner (Runner): The runner of the training process.
+        """
         path = osp.join(runner.work_dir, self.out_file)
         with open(path, 'w') as f:
             json.dump(self.summary(), f, indent=2)

@@ -1,17 +1,28 @@
-"""Compressed-activation convolution ops (HOSVD, SVD, ASI, Gradient Filter)."""
-from .accounting import MIB
+"""Compressed-activation convolution ops (HOSVD, SVD, ASI, Gradient Filter).
+
+Modules: :mod:`.methods` (method names, checks), :mod:`.accounting` (bytes,
+:class:`CompressionStats`), :mod:`.decomposition` (HOSVD/SVD maths, on
+:mod:`.unfolding` and :mod:`.eigen`),
+:mod:`.weight_grad` (gradient maths), :mod:`.functions` (autograd
+Functions), :mod:`.functional` (:func:`compressed_conv2d`) and :mod:`.conv`
+(:class:`CompressedConv2d`).
+"""
+from .accounting import MIB, CompressionStats, distinct_kept_bytes, \
+    non_finite_layers
 from .context import CompressionContext, DecompositionCache
-from .conv import (ASI, LOW_RANK_METHODS, METHODS, MODULE_METHODS,
-                   NON_FINITE_MODES, VANILLA, CompressedConv2d,
-                   CompressionStats, check_non_finite, distinct_kept_bytes,
-                   non_finite_layers)
+from .conv import CompressedConv2d
 from .decomposition import (SVDFactors, TuckerFactors, check_eps,
                             explained_variance_rank, hosvd,
                             hosvd_paper_elements, svd_paper_elements,
                             truncated_svd)
+from .functional import compressed_conv2d
+from .functions import COMPRESSED_BACKWARD_NODES
+from .methods import (ASI, LOW_RANK_METHODS, METHODS, MODULE_METHODS,
+                      NON_FINITE_MODES, VANILLA, check_non_finite)
 from .rank_budget import (allocate_hosvd_ranks,
                           solve_multiple_choice_knapsack)
 from .subspace_iteration import (SubspaceTracker, subspace_iteration_step)
+from .weight_grad import ConvGeometry
 
 __all__ = [
     'MIB', 'check_eps', 'hosvd', 'truncated_svd', 'TuckerFactors', 'SVDFactors',
@@ -21,5 +32,6 @@ __all__ = [
     'NON_FINITE_MODES', 'check_non_finite', 'non_finite_layers',
     'CompressionContext', 'DecompositionCache', 'SubspaceTracker',
     'subspace_iteration_step', 'allocate_hosvd_ranks',
-    'solve_multiple_choice_knapsack'
+    'solve_multiple_choice_knapsack', 'compressed_conv2d', 'ConvGeometry',
+    'COMPRESSED_BACKWARD_NODES'
 ]

@@ -1,4 +1,118 @@
-"""Units and byte accounting shared by the ops, hooks and tools."""
+"""Units and byte accounting shared by the ops, hooks and tools.
+
+:class:`CompressionStats` is what one compressed conv call keeps for
+backward; the helpers count the bytes of saved tensors by their untyped
+storages (each storage once) and read the calls' non-finite flags.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .decomposition import decomposition_dtype
 
 #: bytes in one MiB (the paper's "MB" is 2**20 bytes)
 MIB = 2**20
+
+StorageKey = Tuple[str, int, int]
+
+
+@dataclass
+class CompressionStats:
+    """What one compressed conv call keeps for backward.
+
+    Attributes:
+        method: one of :data:`~.methods.MODULE_METHODS`.
+        input_shape: ``(B, C, H, W)`` of the compressed input (after any
+            explicit padding, see :class:`CompressedConv2d`).
+        paper_elements: the paper's element count: HOSVD
+            ``K1*K2*K3*K4 + B*K1 + C*K2 + H*K3 + W*K4``, SVD
+            ``K*(B + C*H*W)``, Gradient Filter ``B*C*Hp*Wp``.
+        kept_bytes: bytes really kept from the activation: the untyped
+            storages of the saved compressed tensors, each counted once
+            (weight-derived tensors are not counted).
+        ranks: HOSVD/ASI ``(K1, K2, K3, K4)``, SVD ``(K,)``, Gradient
+            Filter ``()``.
+        storage_keys: ``(device, data_ptr, nbytes)`` of each storage counted
+            in ``kept_bytes``: several convs that save the same storages
+            (a shared input's factors) show them each, and totals over
+            layers count each key once (:func:`distinct_kept_bytes`).
+        reused: the factors were computed by another conv that read the
+            same input (see :class:`~.context.DecompositionCache`).
+        non_finite: the input had NaN/Inf: a bool where the decomposition
+            already synchronised with the host (HOSVD/SVD, ASI's first
+            step), otherwise a 0-d bool tensor not read yet (vanilla,
+            Gradient Filter, ASI), so that no host synchronisation is added;
+            :func:`non_finite_layers` reads them all at once. A float32 sum
+            of the input that overflows counts as non-finite too.
+    """
+    method: str
+    input_shape: Tuple[int, ...]
+    paper_elements: int
+    kept_bytes: int
+    ranks: Tuple[int, ...] = ()
+    storage_keys: Tuple[StorageKey, ...] = ()
+    reused: bool = False
+    non_finite: Union[bool, Tensor] = False
+
+    @property
+    def paper_bytes(self) -> int:
+        """Bytes as the paper counts them: fp32, ``4 * paper_elements``."""
+        return 4 * self.paper_elements
+
+
+def non_finite_flag(tensor: Tensor) -> Tensor:
+    """0-d bool tensor, True where ``tensor`` has NaN/Inf (no host sync).
+
+    A float32 (float64 for float64) sum: no temporary of the tensor's size.
+    """
+    total = tensor.detach().sum(dtype=decomposition_dtype(tensor.dtype))
+    return ~torch.isfinite(total)
+
+
+def non_finite_layers(stats: Dict[str, 'CompressionStats']) -> List[str]:
+    """Keys of ``stats`` whose input had NaN/Inf, in order; the flags still
+    on the device are read in one host synchronisation."""
+    names = list(stats)
+    flags = [stats[name].non_finite for name in names]
+    pending = [flag for flag in flags if isinstance(flag, Tensor)]
+    if pending:
+        device = pending[0].device
+        values = iter(torch.stack([f.to(device) for f in pending]).tolist())
+        flags = [next(values) if isinstance(flag, Tensor) else flag
+                 for flag in flags]
+    return [name for name, flag in zip(names, flags) if flag]
+
+
+def storage_bytes(tensors: Sequence[Tensor]) -> int:
+    """Bytes of the distinct untyped storages behind ``tensors``."""
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def storage_keys(tensors: Sequence[Tensor]) -> Tuple[StorageKey, ...]:
+    """``(device, data_ptr, nbytes)`` of the distinct untyped storages
+    behind ``tensors`` (their nbytes add up to :func:`storage_bytes`)."""
+    keys = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr(), storage.nbytes())
+        keys[key[:2]] = key
+    return tuple(keys.values())
+
+
+def distinct_kept_bytes(stats: Sequence['CompressionStats']) -> int:
+    """Total ``kept_bytes`` of ``stats`` with each storage counted once
+    (stats without ``storage_keys`` count their ``kept_bytes`` as is)."""
+    keys = {}
+    loose = 0
+    for item in stats:
+        if not item.storage_keys:
+            loose += item.kept_bytes
+        for key in item.storage_keys:
+            keys[key[:2]] = key[2]
+    return loose + sum(keys.values())

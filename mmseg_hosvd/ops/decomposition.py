@@ -16,16 +16,21 @@ Pure PyTorch math, no mmengine/mmseg imports. Conventions:
 * An input with NaN/Inf raises :class:`FloatingPointError`.
 
 Element counts are numbers of tensor elements; byte counts are bytes.
+Gram matrices and mode products are in :mod:`.unfolding`, the
+eigensolvers in :mod:`.eigen`.
 """
-import contextlib
-import itertools
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from .eigen import (eigh_descending, single_threaded_lapack, symmetric_eigh,
+                    symmetric_eigvalsh)
+from .unfolding import (dual_mode_gram, float64_mode_gram, mode_gram,
+                        multi_mode_product, uses_dual_gram)
 
 NUM_MODES = 4
 NON_FINITE_MESSAGE = ('input contains NaN/Inf (its Gram matrices are not '
@@ -176,6 +181,14 @@ PARTIAL_EIGH_MIN = 512
 PARTIAL_TOLERANCE = 1e-6
 #: more iterations than this (slow spectral decay) -> full ``eigh`` instead
 PARTIAL_MAX_ITERS = 60
+#: eps from which a float32 mode whose kept spectrum spans a wide range
+#: (:data:`REFINE_RATIO`) takes its vectors from a float64 Gram
+REFINE_EPS = 0.99
+#: ... a range of ``lambda_K < REFINE_RATIO * lambda_1``: a float32 Gram's
+#: rounding (``~1e-7 lambda_1``) then perturbs the weakest kept vectors
+#: ``sqrt(lambda_1 / lambda_K) / 2`` (> 5) times more than an SVD of the
+#: unfolding would
+REFINE_RATIO = 1e-2
 
 
 def truncated_mode_bases(data: Tensor, eps: float
@@ -194,8 +207,16 @@ def truncated_mode_bases(data: Tensor, eps: float
     a Rayleigh-Ritz step; where that would need more than
     :data:`PARTIAL_MAX_ITERS` iterations, or ``iters * p > n`` (then a full
     ``eigh`` costs fewer FLOPs), a full ``eigh``. The ranks, the
-    finiteness flag and those iteration counts reach the host in one
-    ``tolist()``.
+    finiteness flag, those iteration counts and the refinement flags reach
+    the host in one ``tolist()``.
+
+    Accuracy: squaring the unfolding squares its condition number, so at
+    ``eps >= REFINE_EPS`` a float32 mode with ``lambda_K < REFINE_RATIO *
+    lambda_1`` (:func:`needs_float64_gram`) takes its vectors from a
+    float64 Gram (:func:`~.unfolding.float64_mode_gram`, no float64 copy of
+    the input) and a float64 ``eigh``: as accurate as an SVD of the
+    unfolding. Lower eps (where the truncation error dwarfs float32
+    rounding) never pay for it.
 
     Args:
         data: ``(B, C, H, W)`` float32/float64, detached.
@@ -215,7 +236,7 @@ def truncated_mode_bases(data: Tensor, eps: float
     grams = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
              for g in grams]
     partial = [g.shape[0] >= PARTIAL_EIGH_MIN for g in grams]
-    eigenvalues, eigenvectors = _eigh_descending(
+    eigenvalues, eigenvectors = eigh_descending(
         [g for g, p in zip(grams, partial) if not p])
     values_iter, vectors_iter = iter(eigenvalues), iter(eigenvectors)
     values, vectors = [], []
@@ -233,15 +254,23 @@ def truncated_mode_bases(data: Tensor, eps: float
         torch.zeros((), dtype=torch.long, device=data.device)
         for v, rank, is_partial in zip(values, ranks, partial)
     ]
+    refine = [needs_float64_gram(v, rank, eps, data.dtype).long()
+              for v, rank in zip(values, ranks)]
     *synced, is_finite = torch.stack(
-        ranks + plans + [finite.long()]).tolist()  # the one host sync
+        ranks + plans + refine + [finite.long()]).tolist()  # the one sync
     if not is_finite:
         raise FloatingPointError(NON_FINITE_MESSAGE)
-    ranks, plans = synced[:NUM_MODES], synced[NUM_MODES:]
+    ranks = synced[:NUM_MODES]
+    plans = synced[NUM_MODES:2 * NUM_MODES]
+    refine = synced[2 * NUM_MODES:]
     bases = []
-    for mode, (gram, rank, plan, ascending, dual) in enumerate(
-            zip(grams, ranks, plans, vectors, duals)):
-        if ascending is not None:
+    for mode, (gram, rank, plan, ascending, dual, precise) in enumerate(
+            zip(grams, ranks, plans, vectors, duals, refine)):
+        if precise:
+            gram64 = float64_mode_gram(data, mode, dual)
+            leading = symmetric_eigh(gram64[None])[1][0][:, -rank:].flip(
+                -1).to(data.dtype)
+        elif ascending is not None:
             leading = ascending[:, -rank:].flip(-1)
         elif 0 < plan <= PARTIAL_MAX_ITERS:
             leading = _leading_eigenvectors(gram, rank, plan)
@@ -249,6 +278,17 @@ def truncated_mode_bases(data: Tensor, eps: float
             leading = symmetric_eigh(gram[None])[1][0][:, -rank:].flip(-1)
         bases.append(_mode_basis(data, mode, leading, dual))
     return values, ranks, tuple(bases)
+
+
+def needs_float64_gram(values_desc: Tensor, rank: Tensor, eps: float,
+                       dtype: torch.dtype) -> Tensor:
+    """0-d bool tensor (no host sync): whether a mode of eigenvalues
+    ``values_desc`` and rank ``rank`` takes its vectors from a float64 Gram
+    (see :func:`truncated_mode_bases`: ``eps >= REFINE_EPS``, float32 data
+    and ``lambda_K < REFINE_RATIO * lambda_1``)."""
+    if dtype == torch.float64 or eps < REFINE_EPS:
+        return torch.zeros((), dtype=torch.bool, device=values_desc.device)
+    return values_desc[rank - 1] < REFINE_RATIO * values_desc[0]
 
 
 def _block_size(n: int, rank: int) -> int:
@@ -297,22 +337,6 @@ def _leading_eigenvectors(gram: Tensor, rank: int, iters: int) -> Tensor:
     return basis @ rotation[0][:, -rank:].flip(-1)
 
 
-def symmetric_eigvalsh(gram: Tensor) -> Tensor:
-    """Eigenvalues (ascending) of a PSD ``gram``, with the fallbacks of
-    :func:`symmetric_eigh` (float64, then singular values), on one thread
-    (:func:`single_threaded_lapack`)."""
-    with single_threaded_lapack(gram.device):
-        try:
-            return torch.linalg.eigvalsh(gram)
-        except torch.linalg.LinAlgError:
-            pass
-        try:
-            return torch.linalg.eigvalsh(gram.double()).to(gram.dtype)
-        except torch.linalg.LinAlgError:
-            return torch.linalg.svdvals(gram.double()).flip(-1).to(
-                gram.dtype)
-
-
 def _mode_basis(data: Tensor, mode: int, leading: Tensor,
                 dual: bool) -> Tensor:
     """Leading eigenvectors of the mode Gram ``(n, K)`` in their own
@@ -324,23 +348,6 @@ def _mode_basis(data: Tensor, mode: int, leading: Tensor,
     product = unfolding @ leading
     with single_threaded_lapack(data.device):
         return torch.linalg.qr(product).Q.contiguous()
-
-
-def uses_dual_gram(shape: Sequence[int], mode: int, eps: float) -> bool:
-    """Whether mode ``mode`` is larger than the product of the others (e.g.
-    2560 channels at 8x8 in UPerNet's PSP bottleneck, batch 8): its
-    eigenvectors then come from the smaller *dual* Gram ``X^T X`` (same
-    non-zero eigenvalues). Not for ``eps == 1``, which keeps the whole
-    mode (more vectors than the dual has)."""
-    size = shape[mode]
-    return eps < 1.0 and math.prod(shape) < size * size
-
-
-def dual_mode_gram(x: Tensor, mode: int) -> Tensor:
-    """``X_(mode)^T @ X_(mode)`` ``(m, m)``, ``m = numel / n`` (one copy of
-    the unfolding, which is small when this is used)."""
-    unfolding = x.movedim(mode, 0).reshape(x.shape[mode], -1)
-    return unfolding.T @ unfolding
 
 
 def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
@@ -355,7 +362,7 @@ def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
     matrix = data.reshape(data.shape[0], -1)
     gram = matrix @ matrix.T
     finite = torch.isfinite(gram).all()
-    (eigenvalues, ), (eigenvectors, ) = _eigh_descending(
+    (eigenvalues, ), (eigenvectors, ) = eigh_descending(
         [torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)])
     rank, is_finite = torch.stack(
         [explained_variance_rank(eigenvalues, eps), finite.long()]).tolist()
@@ -366,175 +373,11 @@ def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
     return SVDFactors(left=left, right=right, shape=tuple(data.shape))
 
 
-#: a mode of at least this size has its Gram's self-products split in two
-#: row blocks: the Gram is symmetric, so 3 of its 4 blocks are computed
-SYMMETRIC_BLOCK_MIN = 256
-#: elements of each piece when an unfolding must be copied to be multiplied
-COPY_CHUNK_ELEMENTS = 2**20
-
-
-def mode_gram(x: Tensor, mode: int) -> Tensor:
-    """Gram matrix ``X_(mode) @ X_(mode)^T`` of a mode unfolding, ``(n, n)``.
-
-    No copy of ``x`` when the modes before ``mode`` are small or ``mode`` is
-    the last one; otherwise (e.g. the height mode) the unfolding is copied
-    in pieces of :data:`COPY_CHUNK_ELEMENTS` elements and their products
-    accumulated, so no input-sized copy is ever made. Large modes (channels)
-    compute three of the four blocks of the symmetric result.
-    """
-    n = x.shape[mode]
-    outer = math.prod(x.shape[:mode])
-    inner = math.prod(x.shape[mode + 1:])
-    if inner == 1:
-        unfolding_t = x.reshape(outer, n)
-        return unfolding_t.T @ unfolding_t
-    slices = x.reshape(outer, n, inner)
-    if outer <= inner:
-        return _summed_self_products(slices)
-    rows = max(1, COPY_CHUNK_ELEMENTS // (n * inner))
-    gram = x.new_zeros(n, n)
-    for chunk in slices.split(rows):
-        piece = chunk.transpose(1, 2).reshape(-1, n)
-        gram.addmm_(piece.T, piece)
-    return gram
-
-
-def _summed_self_products(slices: Tensor) -> Tensor:
-    """``sum_o S_o @ S_o^T`` of ``slices`` ``(outer, n, inner)``."""
-    n = slices.shape[1]
-    if n < SYMMETRIC_BLOCK_MIN:
-        return torch.bmm(slices, slices.transpose(1, 2)).sum(dim=0)
-    half = (n + 1) // 2
-    top, bottom = slices[:, :half], slices[:, half:]
-    gram = slices.new_empty(n, n)
-    gram[:half, :half] = torch.bmm(top, top.transpose(1, 2)).sum(dim=0)
-    upper = torch.bmm(top, bottom.transpose(1, 2)).sum(dim=0)
-    gram[:half, half:] = upper
-    gram[half:, :half] = upper.T
-    gram[half:, half:] = torch.bmm(bottom, bottom.transpose(1, 2)).sum(dim=0)
-    return gram
-
-
-def mode_product(tensor: Tensor, matrix: Tensor, mode: int) -> Tensor:
-    """Contract ``tensor``'s ``mode`` (size n) with ``matrix`` ``(n, k)``.
-
-    Returns a contiguous tensor whose ``mode`` has size ``k``
-    (``tensor x_mode matrix^T`` in Kolda's notation).
-    """
-    shape = list(tensor.shape)
-    n, k = matrix.shape
-    outer = math.prod(shape[:mode])
-    inner = math.prod(shape[mode + 1:])
-    shape[mode] = k
-    if inner == 1:
-        return (tensor.reshape(outer, n) @ matrix).reshape(shape)
-    result = torch.matmul(matrix.T, tensor.reshape(outer, n, inner))
-    return result.reshape(shape)
-
-
-def multi_mode_product(tensor: Tensor, matrices: Dict[int, Tensor]) -> Tensor:
-    """Apply :func:`mode_product` for every ``mode: matrix`` item.
-
-    The modes are contracted in the order with the fewest multiply-adds.
-    """
-    order = cheapest_mode_order(
-        tensor.shape, {mode: m.shape[1] for mode, m in matrices.items()})
-    for mode in order:
-        tensor = mode_product(tensor, matrices[mode], mode)
-    return tensor
-
-
-def mode_chain_flops(shape: Sequence[int], new_sizes: Dict[int, int],
-                     order: Sequence[int]) -> int:
-    """FLOPs (2 per multiply-add) of successive mode products in ``order``."""
-    current = list(shape)
-    flops = 0
-    for mode in order:
-        flops += 2 * math.prod(current) * new_sizes[mode]
-        current[mode] = new_sizes[mode]
-    return flops
-
-
-def cheapest_mode_order(shape: Sequence[int],
-                        new_sizes: Dict[int, int]) -> Tuple[int, ...]:
-    """Order of the modes in ``new_sizes`` that minimises the FLOPs."""
-    return min(itertools.permutations(new_sizes),
-               key=lambda order: mode_chain_flops(shape, new_sizes, order))
-
-
 def _as_decomposition_input(x: Tensor) -> Tensor:
     if x.dim() != NUM_MODES:
         raise ValueError(f'expected a 4-D (B, C, H, W) tensor, got shape '
                          f'{tuple(x.shape)}')
     return x.detach().to(decomposition_dtype(x.dtype))
-
-
-@contextlib.contextmanager
-def single_threaded_lapack(device: torch.device):
-    """Run the enclosed CPU LAPACK calls (eigh, eigvalsh, QR) on one thread.
-
-    MKL's multi-threaded symmetric eigensolvers synchronise their threads
-    at many fine-grained barriers; when the CPU is shared with other
-    processes a descheduled thread stalls each of them: the same 640 x 640
-    Gram took 27 ms or 8.6 s (``eigvalsh``, 2 threads, load ~4 on 2 cores).
-    On one thread they cannot stall that way, and the matrices here are
-    small enough that little parallel speed is lost. The thread count is
-    restored on exit (a scoped setting, nothing persists); other devices
-    are left alone.
-    """
-    threads = torch.get_num_threads()
-    if torch.device(device).type != 'cpu' or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def symmetric_eigh(grams: Tensor) -> Tuple[Tensor, Tensor]:
-    """``torch.linalg.eigh`` of a batch of PSD Gram matrices ``(..., n, n)``:
-    eigenvalues ascending, eigenvectors as columns, in ``grams.dtype``.
-
-    LAPACK's divide-and-conquer eigh can fail to converge on Grams with many
-    repeated eigenvalues at a tiny scale (seen on MobileNetV2 activations
-    with hundreds of dead channels, values ~1e-8). Such a batch is solved
-    again in float64; should that fail too, by an SVD of the (small) Gram,
-    whose singular vectors are its eigenvectors since it is PSD. Runs
-    under :func:`single_threaded_lapack`.
-    """
-    with single_threaded_lapack(grams.device):
-        try:
-            return torch.linalg.eigh(grams)
-        except torch.linalg.LinAlgError:
-            pass
-        try:
-            values, vectors = torch.linalg.eigh(grams.double())
-        except torch.linalg.LinAlgError:
-            vectors, values, _ = torch.linalg.svd(grams.double())
-            values, vectors = values.flip(-1), vectors.flip(-1)
-    return values.to(grams.dtype), vectors.to(grams.dtype)
-
-
-def _eigh_descending(
-        grams: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
-    """Eigenvalues (descending) and eigenvectors (ascending, as eigh gives).
-
-    Gram matrices of equal size share one batched eigh call.
-    """
-    eigenvalues: List[Tensor] = [None] * len(grams)
-    eigenvectors: List[Tensor] = [None] * len(grams)
-    by_size: Dict[int, List[int]] = {}
-    for index, gram in enumerate(grams):
-        by_size.setdefault(gram.shape[0], []).append(index)
-    for indices in by_size.values():
-        values, vectors = symmetric_eigh(
-            torch.stack([grams[i] for i in indices]))
-        for position, index in enumerate(indices):
-            eigenvalues[index] = values[position].flip(-1)
-            eigenvectors[index] = vectors[position]
-    return eigenvalues, eigenvectors
 
 
 def _leading_columns(eigenvectors_ascending: Tensor, rank: int) -> Tensor:

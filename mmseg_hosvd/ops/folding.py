@@ -9,7 +9,8 @@ folded weight and bias (exact whenever the conv's weight gradient is).
 This is the idea of mmcv's ``efficient_conv_bn_eval`` applied to a conv and a
 BatchNorm that are separate modules (ResNet blocks, ``nn.Sequential``).
 
-:class:`NormFoldingConv2d` does the folding in ``forward`` and
+:class:`NormFolding` (a component of :class:`NormFoldingConv2d` and of
+the compressed conv) does the folding in the conv's ``forward`` and
 :class:`LeanBatchNorm2d` (``folded``) passes its input through while in
 eval mode; both look at the same BatchNorm's ``training`` flag, so they
 switch together. Folding costs one weight-sized tensor (the folded weight,
@@ -46,32 +47,27 @@ def fold_batch_norm(weight: Tensor, bias: Optional[Tensor],
     return folded_weight, folded_bias
 
 
-class _NormRef:
-    """Holds a BatchNorm without registering it as a submodule (its
-    parameters stay where they are in ``state_dict``)."""
+class NormFolding:
+    """The eval-mode BatchNorm that a conv applies itself: a component (a
+    plain attribute, not a submodule) held by :class:`NormFoldingConv2d` and
+    :class:`~.conv.CompressedConv2d`.
 
-    def __init__(self, norm: _BatchNorm) -> None:
-        self.norm = norm
+    After :meth:`fold`, while that BatchNorm is in eval mode and grad is
+    enabled, :meth:`weights` gives the conv's folded weight and bias (and
+    tells the BatchNorm to pass the conv's output through) when the folded
+    weight, kept for backward instead of the BatchNorm's input, is smaller
+    than the output; otherwise the conv's own Parameters.
 
-
-class NormFoldingConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that applies the following eval-mode BatchNorm itself.
-
-    After :meth:`fold_norm`, with that BatchNorm in eval mode and grad
-    enabled, ``forward`` calls ``_conv_forward(x, W * s, (b - mean) * s +
-    beta)`` when the folded weight (kept for backward instead of the
-    BatchNorm's input) is smaller than the output; otherwise it is
-    ``nn.Conv2d.forward``. No parameters or buffers of its own.
+    Args:
+        out_channels: the conv's output channels (the BatchNorm's width).
     """
 
-    _norm_ref: Optional[_NormRef] = None
+    def __init__(self, out_channels: int) -> None:
+        self.out_channels = out_channels
+        self.norm: Optional['LeanBatchNorm2d'] = None
 
-    @property
-    def folded_norm(self) -> Optional[_BatchNorm]:
-        return None if self._norm_ref is None else self._norm_ref.norm
-
-    def fold_norm(self, norm: Optional['LeanBatchNorm2d']) -> None:
-        """Apply ``norm`` (the BatchNorm reading this conv's output) while it
+    def fold(self, norm: Optional['LeanBatchNorm2d']) -> None:
+        """Apply ``norm`` (the BatchNorm reading the conv's output) while it
         is in eval mode; ``None`` stops folding. ``norm`` is not registered
         as a submodule (``state_dict`` is unchanged)."""
         if norm is not None and not isinstance(norm, LeanBatchNorm2d):
@@ -82,31 +78,64 @@ class NormFoldingConv2d(nn.Conv2d):
             raise ValueError(
                 f'fold_norm: BatchNorm of {norm.num_features} features '
                 f'after a conv of {self.out_channels} output channels')
-        self._norm_ref = None if norm is None else _NormRef(norm)
+        self.norm = norm
+
+    def weights(self, conv: nn.Conv2d,
+                input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Weight ``(Cout, Cin/groups, kh, kw)`` and bias ``(Cout,)`` for
+        ``conv._conv_forward(input, weight, bias)``: folded (and the
+        BatchNorm told to skip its next call) or ``conv``'s own."""
+        norm = self.norm
+        if norm is None or norm.training or not folding_pays(conv, input):
+            return conv.weight, conv.bias
+        weight, bias = fold_batch_norm(conv.weight, conv.bias, norm)
+        norm.skip_next = True
+        return weight, bias
+
+
+def folding_pays(conv: nn.Conv2d, input: Tensor) -> bool:
+    """Whether the folded weight of ``conv`` (kept instead of the
+    BatchNorm's input) is smaller than its output for ``input``."""
+    if input.dim() != 4 or not torch.is_grad_enabled():
+        return False
+    if isinstance(conv.padding, str):  # 'same'/'valid'
+        return input.shape[0] * conv.out_channels * input.shape[
+            2] * input.shape[3] > conv.weight.numel()
+    size = 1
+    for extent, kernel, stride, pad, dilation in zip(
+            input.shape[2:], conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation):
+        size *= (extent + 2 * pad - dilation * (kernel - 1) - 1) // \
+            stride + 1
+    return input.shape[0] * conv.out_channels * size > conv.weight.numel()
+
+
+class NormFoldingConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that applies the following eval-mode BatchNorm itself.
+
+    Its :class:`NormFolding` (:attr:`norm_folding`), after
+    :meth:`fold_norm`, with that BatchNorm in eval mode and grad enabled,
+    makes ``forward`` call ``_conv_forward(x, W * s, (b - mean) * s +
+    beta)`` when the folded weight is smaller than the output; otherwise it
+    is ``nn.Conv2d.forward``. No parameters or buffers of its own.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm_folding = NormFolding(self.out_channels)
+
+    @property
+    def folded_norm(self) -> Optional[_BatchNorm]:
+        """The BatchNorm folded into this conv, or None."""
+        return self.norm_folding.norm
+
+    def fold_norm(self, norm: Optional['LeanBatchNorm2d']) -> None:
+        """See :meth:`NormFolding.fold`."""
+        self.norm_folding.fold(norm)
 
     def forward(self, input: Tensor) -> Tensor:
-        norm = self.folded_norm
-        if norm is None or norm.training or not self._folding_pays(input):
-            return self._conv_forward(input, self.weight, self.bias)
-        weight, bias = fold_batch_norm(self.weight, self.bias, norm)
-        norm.skip_next = True
+        weight, bias = self.norm_folding.weights(self, input)
         return self._conv_forward(input, weight, bias)
-
-    def _folding_pays(self, input: Tensor) -> bool:
-        """Whether the folded weight (kept instead of the BatchNorm's
-        input) is smaller than this call's output."""
-        if input.dim() != 4 or not torch.is_grad_enabled():
-            return False
-        if isinstance(self.padding, str):  # 'same'/'valid'
-            return input.shape[0] * self.out_channels * input.shape[
-                2] * input.shape[3] > self.weight.numel()
-        size = 1
-        for extent, kernel, stride, pad, dilation in zip(
-                input.shape[2:], self.kernel_size, self.stride, self.padding,
-                self.dilation):
-            size *= (extent + 2 * pad - dilation * (kernel - 1) - 1) // \
-                stride + 1
-        return input.shape[0] * self.out_channels * size > self.weight.numel()
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> 'NormFoldingConv2d':

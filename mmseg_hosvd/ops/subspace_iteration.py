@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 
 from .decomposition import (NUM_MODES, TuckerFactors,
-                            _as_decomposition_input, check_eps, mode_gram,
-                            mode_product, multi_mode_product,
-                            single_threaded_lapack, truncated_mode_bases)
+                            _as_decomposition_input, check_eps,
+                            truncated_mode_bases)
+from .eigen import single_threaded_lapack
+from .unfolding import mode_gram, mode_product, multi_mode_product
 from .accounting import MIB
 from .rank_budget import DEFAULT_EPS_GRID, allocate_hosvd_ranks
 
@@ -144,8 +145,6 @@ def subspace_iteration_step(x: Tensor,
                 torch.where(torch.isfinite(updated).all(), updated, basis))
         core = multi_mode_product(data, dict(enumerate(new_bases)))
     return TuckerFactors(core=core, factors=tuple(new_bases))
-
-
 
 
 def resize_basis(basis: Tensor, rank: int,

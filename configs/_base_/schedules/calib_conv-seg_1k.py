@@ -34,5 +34,6 @@ default_hooks = dict(
         freeze=['backbone', 'decode_head', '~decode_head.conv_seg'],
         layers=[],
         norm_eval=False),
+    non_finite_guard=dict(type='NonFiniteStepGuardHook'),
     weights_only_checkpoint=dict(type='WeightsOnlyCheckpointHook'),
 )

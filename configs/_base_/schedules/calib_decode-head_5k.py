@@ -33,5 +33,6 @@ default_hooks = dict(
         freeze=['backbone'],
         layers=[],
         norm_eval=False),
+    non_finite_guard=dict(type='NonFiniteStepGuardHook'),
     weights_only_checkpoint=dict(type='WeightsOnlyCheckpointHook'),
 )

@@ -42,6 +42,9 @@ default_hooks = dict(
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'),
     compression=dict(type='ActivationCompressionHook', method='vanilla'),
+    # companion of compression's non_finite='skip': skips optimizer steps
+    # whose gradients are not all finite
+    non_finite_guard=dict(type='NonFiniteStepGuardHook'),
     activation_memory=dict(type='ActivationMemoryHook'),
     weights_only_checkpoint=dict(type='WeightsOnlyCheckpointHook'),
 )

@@ -1,0 +1,202 @@
+"""The autograd Functions of the compressed convolution.
+
+Each computes the exact ``F.conv2d`` in forward and saves only what its
+backward needs instead of the input:
+
+* :class:`_LowRankConv2dFunction`: the weight and the HOSVD/SVD/ASI
+  factors; grad_weight from the factors (:mod:`.weight_grad`);
+* :class:`_NonFiniteConv2dFunction`: the weight only (a non-finite input
+  skipped by ``non_finite='skip'``); grad_weight is NaN;
+* :class:`_GradientFilterConv2dFunction`: the patch-summed input and the
+  kernel-summed weight; Gradient Filter grad_weight and grad_input;
+* :class:`_ShapeOnlyPad`: explicit non-zero padding that saves no tensor.
+
+grad_input and grad_bias are exact except for the Gradient Filter's
+grad_input. The class names show in autograd graphs as
+``<name>Backward`` (:data:`COMPRESSED_BACKWARD_NODES`).
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+from .decomposition import SVDFactors, TuckerFactors
+from .gradient_filter import (filter_grad_output, filtered_input_grad,
+                              filtered_weight_grad)
+from .methods import ASI
+from .weight_grad import (ConvGeometry, conv_input_grad, hosvd_weight_grad,
+                          svd_weight_grad)
+
+
+@dataclass(frozen=True)
+class LowRankSpec:
+    method: str
+    geometry: ConvGeometry
+    input_shape: Tuple[int, ...]
+    weight_grad_path: str
+
+
+class _LowRankConv2dFunction(Function):
+    """Exact conv; saves the weight and HOSVD/SVD factors of the input."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                spec: LowRankSpec, *factor_tensors: Tensor) -> Tensor:
+        geometry = spec.geometry
+        ctx.spec = spec
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(weight, *factor_tensors)
+        return F.conv2d(input, weight, bias, geometry.stride,
+                        geometry.padding, geometry.dilation, geometry.groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        spec: LowRankSpec = ctx.spec
+        weight, *factor_tensors = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = conv_input_grad(grad_output, spec.input_shape,
+                                         weight, spec.geometry)
+        if ctx.needs_input_grad[1]:
+            grad_weight = _low_rank_weight_grad(spec, factor_tensors,
+                                                grad_output, weight.shape)
+            grad_weight = grad_weight.to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(dim=(0, 2, 3))
+        return (grad_input, grad_weight, grad_bias,
+                None) + (None, ) * len(factor_tensors)
+
+
+def _low_rank_weight_grad(spec: LowRankSpec, factor_tensors: Sequence[Tensor],
+                          grad_output: Tensor,
+                          weight_shape: Sequence[int]) -> Tensor:
+    if spec.method in ('hosvd', ASI):
+        core, *factors = factor_tensors
+        tucker = TuckerFactors(core=core, factors=tuple(factors))
+        return hosvd_weight_grad(tucker, grad_output, weight_shape,
+                                 spec.geometry, spec.weight_grad_path)
+    left, right = factor_tensors
+    svd = SVDFactors(left=left, right=right, shape=spec.input_shape)
+    return svd_weight_grad(svd, grad_output, weight_shape, spec.geometry)
+
+
+class _NonFiniteConv2dFunction(Function):
+    """Exact conv of a non-finite input that keeps nothing of it: grad_input
+    and grad_bias are exact, grad_weight is NaN (the optimizer guard of
+    :class:`~mmseg_hosvd.engine.ActivationCompressionHook` skips the step)."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                geometry: ConvGeometry) -> Tensor:
+        ctx.geometry = geometry
+        ctx.input_shape = tuple(input.shape)
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(weight)
+        return F.conv2d(input, weight, bias, geometry.stride,
+                        geometry.padding, geometry.dilation, geometry.groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        weight, = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = conv_input_grad(grad_output, ctx.input_shape, weight,
+                                         ctx.geometry)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.full_like(weight, float('nan'))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(dim=(0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None
+
+
+@dataclass(frozen=True)
+class GradientFilterSpec:
+    geometry: ConvGeometry
+    input_shape: Tuple[int, ...]
+    radius: int
+
+
+class _GradientFilterConv2dFunction(Function):
+    """Exact conv; saves the patch-summed input and kernel-summed weight
+    (the exact weight when dilation >= radius)."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor],
+                spec: GradientFilterSpec, input_sum: Tensor,
+                saved_weight: Tensor) -> Tensor:
+        geometry = spec.geometry
+        ctx.spec = spec
+        ctx.has_bias = bias is not None
+        ctx.weight_shape = tuple(weight.shape)
+        ctx.save_for_backward(input_sum, saved_weight)
+        return F.conv2d(input, weight, bias, geometry.stride,
+                        geometry.padding, geometry.dilation, geometry.groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        spec: GradientFilterSpec = ctx.spec
+        geometry = spec.geometry
+        input_sum, saved_weight = ctx.saved_tensors
+        compute_dtype = _gradient_dtype(grad_output.dtype)
+        grad_mean = filter_grad_output(grad_output.to(compute_dtype),
+                                       spec.radius)
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_input = filtered_input_grad(
+                grad_mean, saved_weight.to(compute_dtype),
+                spec.input_shape[-2:], geometry.stride, spec.radius,
+                geometry.dilation, geometry.groups).to(grad_output.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_weight = filtered_weight_grad(
+                input_sum.to(compute_dtype), grad_mean, ctx.weight_shape,
+                geometry.groups).to(saved_weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum(dim=(0, 2, 3))
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+def _gradient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types (accuracy), otherwise ``dtype``."""
+    return torch.float32 if dtype in (torch.float16,
+                                      torch.bfloat16) else dtype
+
+class _ShapeOnlyPad(Function):
+    """``F.pad`` (reflect/replicate/circular) that saves no tensor.
+
+    Autograd's own padding backward keeps the whole input alive; padding is
+    linear, so its backward only needs the input shape: it is the
+    vector-Jacobian product of ``F.pad`` at a zero input of that shape.
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, pads: Tuple[int, ...],
+                mode: str) -> Tensor:
+        ctx.input_shape = tuple(input.shape)
+        ctx.pads = pads
+        ctx.mode = mode
+        return F.pad(input, pads, mode=mode)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        with torch.enable_grad():
+            probe = grad_output.new_zeros(ctx.input_shape, requires_grad=True)
+            padded = F.pad(probe, ctx.pads, mode=ctx.mode)
+            grad_input, = torch.autograd.grad(padded, probe, grad_output)
+        return grad_input, None, None
+
+
+#: autograd node name -> index in ``saved_tensors`` of the weight-derived
+#: tensor it saves (the other saved tensors are the compressed activation):
+#: lets a memory meter tell the compressed activation from the weight
+COMPRESSED_BACKWARD_NODES: Dict[str, int] = {
+    f'{_LowRankConv2dFunction.__name__}Backward': 0,
+    f'{_GradientFilterConv2dFunction.__name__}Backward': 1,
+}

@@ -1,0 +1,49 @@
+"""Names of the compression methods and the checks of their settings.
+
+Layer 2 (no torch autograd here): constants shared by the functional API
+(:mod:`.functional`), the module (:mod:`.conv`) and the hooks.
+"""
+from typing import Sequence
+
+#: stateless methods of :func:`~.functional.compressed_conv2d`.
+METHODS = ('hosvd', 'svd', 'gradient_filter')
+#: the uncompressed baseline: the full input is kept (as by ``nn.Conv2d``);
+#: :class:`~.conv.CompressedConv2d` only records its size.
+VANILLA = 'vanilla'
+#: Activation Subspace Iteration: stateful, :class:`~.conv.CompressedConv2d`
+#: only (or :func:`~.functional.compressed_conv2d` with precomputed
+#: ``factors``).
+ASI = 'asi'
+#: methods that keep low-rank factors (Tucker or SVD) of the input.
+LOW_RANK_METHODS = ('hosvd', 'svd', ASI)
+#: what :class:`~.conv.CompressedConv2d` accepts.
+MODULE_METHODS = (VANILLA, ) + METHODS + (ASI, )
+#: how HOSVD's grad_weight is computed: chosen by FLOPs, or forced.
+WEIGHT_GRAD_PATHS = ('auto', 'factored', 'rebuilt')
+#: what a compressed conv does with a NaN/Inf input: ``'raise'`` (HOSVD/SVD
+#: raise FloatingPointError) or ``'skip'`` (keep nothing, NaN grad_weight).
+NON_FINITE_MODES = ('raise', 'skip')
+
+
+def check_method(method: str, allowed: Sequence[str] = METHODS) -> str:
+    """Return ``method``; ValueError unless it is one of ``allowed``."""
+    if method not in allowed:
+        raise ValueError(f'method must be one of {tuple(allowed)}, got '
+                         f'method={method!r}')
+    return method
+
+
+def check_non_finite(mode: str) -> str:
+    """Return ``mode``; ValueError unless it is in :data:`NON_FINITE_MODES`."""
+    if mode not in NON_FINITE_MODES:
+        raise ValueError(f'non_finite must be one of {NON_FINITE_MODES}, got '
+                         f'non_finite={mode!r}')
+    return mode
+
+
+def check_weight_grad_path(path: str) -> str:
+    """Return ``path``; ValueError unless in :data:`WEIGHT_GRAD_PATHS`."""
+    if path not in WEIGHT_GRAD_PATHS:
+        raise ValueError(f'path must be one of {WEIGHT_GRAD_PATHS}, got '
+                         f'path={path!r}')
+    return path
