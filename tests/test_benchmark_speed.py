@@ -9,7 +9,7 @@ import benchmark_speed as bs  # tools/ is on sys.path (conftest)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
-#: FCN 5L vanilla keeps the inputs of its 5 counted convs (PAPER_SETUP
+#: FCN 5L vanilla keeps the inputs of its 5 counted convs (the
 #: figures of tests/test_benchmark_memory.py: 1.125 MiB at batch 2, 64x64),
 #: here at batch 1 and 32x32: 1/8 of it
 VANILLA_KEPT_MIB = 1.125 / 8

@@ -58,7 +58,7 @@ from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
                                leaf_config_path, load_leaf_config,
                                synthetic_batches)
 from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
-from mmseg_hosvd.ops import MIB  # noqa: E402
+from mmseg_hosvd.ops import COMPRESSED_BACKWARD_NODES, MIB  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs')
 DEFAULT_OUT = osp.join(REPO, 'work_dirs', 'benchmark_memory')
@@ -67,13 +67,13 @@ METHODS = ('vanilla', 'gradient_filter', 'svd', 'hosvd')
 LOW_RANK = ('svd', 'hosvd')
 
 #: autograd nodes of the plugin's compressed convs
-COMPRESSED_NODES = ('_LowRankConv2dFunctionBackward',
-                    '_GradientFilterConv2dFunctionBackward')
+COMPRESSED_NODES = tuple(COMPRESSED_BACKWARD_NODES)
 #: their saved weight (the Parameter for HOSVD/SVD and for the dilated
 #: Gradient Filter, else a per-step tensor: the Gradient Filter's
 #: kernel-summed weight, or the BN-folded weight of ``lean_backward``)
-COMPRESSED_WEIGHTS = ('_LowRankConv2dFunctionBackward.saved_tensors[0]',
-                      '_GradientFilterConv2dFunctionBackward.saved_tensors[1]')
+COMPRESSED_WEIGHTS = tuple(
+    f'{node}.saved_tensors[{index}]'
+    for node, index in COMPRESSED_BACKWARD_NODES.items())
 
 
 def _op(key: str) -> str:
