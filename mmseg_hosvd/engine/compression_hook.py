@@ -12,6 +12,7 @@ from ..ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
                    CompressedConv2d, SubspaceTracker, check_eps)
 from ..lean_backward import (LeanBackward, check_lean_backward,
                              install_lean_backward)
+from ..lean_loss import install_lean_loss
 from ..ops.gradient_filter import check_radius
 from ..surgery import (apply_freeze, batch_norms, check_trainable,
                        classifier_paths, compression_state_dict,
@@ -93,6 +94,14 @@ class ActivationCompressionHook(Hook):
             trainable BatchNorms after compressed convs (their ``gamma``
             gradient then comes from the compressed input); ``'off'``.
             Folding needs ``norm_eval=True``.
+        lean_loss: compute the decode (and auxiliary) heads' resize +
+            cross-entropy without full-resolution tensors
+            (:func:`mmseg_hosvd.lean_loss.install_lean_loss`): only the
+            low-resolution logits are kept; upsampling and softmax are
+            recomputed in backward, one sample at a time. Loss and
+            gradients are those of mmseg's ``resize`` + ``CrossEntropyLoss``.
+            Needs a plain ``EncoderDecoder`` with softmax
+            ``CrossEntropyLoss`` heads (anything else raises, naming it).
 
     Attributes:
         lean: what ``lean_backward`` installed (after ``install``).
@@ -115,8 +124,13 @@ class ActivationCompressionHook(Hook):
                  init: str = 'random',
                  share_inputs: bool = True,
                  non_finite: str = 'skip',
-                 lean_backward: str = 'exact') -> None:
+                 lean_backward: str = 'exact',
+                 lean_loss: bool = False) -> None:
         self.lean_backward = check_lean_backward(lean_backward)
+        if not isinstance(lean_loss, bool):
+            raise ValueError(
+                f'lean_loss: expected True or False, got {lean_loss!r}')
+        self.lean_loss = lean_loss
         self.lean: Optional[LeanBackward] = None
         if non_finite not in NON_FINITE_MODES:
             raise ValueError(f'non_finite: expected one of '
@@ -185,7 +199,7 @@ class ActivationCompressionHook(Hook):
             f'{"counted" if self.method == VANILLA else "compressed"}: '
             f'{", ".join(installed)}; {len(trainable)} trainable '
             f'parameter tensor(s); BN eval: {self.norm_eval}; '
-            f'{self.lean.summary()}')
+            f'{self.lean.summary()}; lean loss: {self.lean_loss}')
 
     def install(self, model: nn.Module) -> Dict[str, CompressedConv2d]:
         """Freeze ``model`` (unwrapped) and install the compressed convs;
@@ -210,6 +224,8 @@ class ActivationCompressionHook(Hook):
         self.compressed_paths = list(installed)
         self.lean = install_lean_backward(model, self.lean_backward,
                                           fold_norms=self.norm_eval)
+        if self.lean_loss:
+            install_lean_loss(model)
         self._norms = batch_norms(model) if self.norm_eval else []
         return installed
 
