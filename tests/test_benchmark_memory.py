@@ -323,7 +323,8 @@ def test_leaf_configs_and_eps_override():
     for model in MODEL_CONFIGS:
         for setup in SETUPS:
             for method in bm.METHODS:
-                path, _ = leaf_config(model, setup, method, 0.8)
+                path, _ = leaf_config(model, setup,
+                                      bm.config_method(method), 0.8)
                 assert osp.isfile(path), path
     cfg, _ = bm.load_config('upernet', '10L', 'hosvd', 0.85, (32, 48))
     assert cfg.default_hooks.compression.method == 'hosvd'
