@@ -130,6 +130,19 @@ def test_outputs_written(run, capsys):
     assert record['step_time_s_median'] > 0
 
 
+def test_every_row_has_a_measured_step_peak(run):
+    out, _, records = run
+    with open(osp.join(out, 'results.csv')) as f:
+        header = f.readline().strip().split(',')
+    assert 'step_peak_mib' in header
+    for record in records:
+        # the whole step's peak: above what autograd saves, and at least
+        # the trainable parameters' float32 gradients
+        assert record['step_peak_mib'] > record['step_saved_mib_mean']
+        assert record['step_peak_mib'] * MIB >= F32 * record[
+            'trainable_params']
+
+
 def test_layers_and_shapes_match_the_architecture(run):
     _, by_method, _ = run
     for record in by_method.values():

@@ -30,7 +30,7 @@ import torch.nn as nn
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
-from ..checkpointing import checkpoint_modules, checkpoint_paths
+from ..checkpointing import PLACEMENTS, checkpoint_modules, checkpoint_paths
 
 #: the optim wrapper types ``amp=True`` may replace
 PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
@@ -156,6 +156,11 @@ class TrainingStep:
         from mmengine.optim import build_optim_wrapper
         from mmengine.runner import load_checkpoint, set_random_seed
         from mmseg.registry import MODELS
+        if (activation_checkpointing is not None
+                and activation_checkpointing not in PLACEMENTS):
+            raise ValueError('activation_checkpointing: expected None or '
+                             f'one of {PLACEMENTS}, got '
+                             f'{activation_checkpointing!r}')
         device = torch.device(device)
         if seed is None:
             seed = (cfg.get('randomness') or {}).get('seed')
