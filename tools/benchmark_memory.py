@@ -81,7 +81,8 @@ LOW_RANK = ('svd', 'hosvd')
 #: methods that run another method's leaf config (plus model surgery)
 CONFIG_METHODS = {'checkpoint': 'vanilla'}
 #: placement of ``checkpoint``'s torch.utils.checkpoint: one per block
-#: measured a lower step peak than one per segment (a whole stage)
+#: (10L, batch 2, 256x256, CPU step peak: FCN 66.8 MiB per block, 67.9 per
+#: segment; DeepLabV3 62.5 both; 86.8 and 72.2 without checkpointing)
 CHECKPOINT_PLACEMENT = 'block'
 
 
