@@ -27,6 +27,11 @@ ARGS = [
     '--batch-size', str(B), '--crop', str(CROP), str(CROP), '--iters', '1',
     '--device', 'cpu', '--amp'
 ]
+#: FCN 10L's per-block placement (tests/test_checkpointing.py)
+FCN_10L_BLOCKS = [
+    'backbone.layer3.1', 'backbone.layer4.0', 'backbone.layer4.1',
+    'decode_head.convs.0', 'decode_head.convs.1', 'decode_head.conv_cat'
+]
 HOOK_HAS_LEAN_LOSS = 'lean_loss' in inspect.signature(
     ActivationCompressionHook.__init__).parameters
 
@@ -151,16 +156,10 @@ def test_checkpoint_gradients_equal_vanilla(lean_loss):
     step = _step('block', lean_loss)
     paths = [p for p, m in step.model.named_modules()
              if isinstance(m, CheckpointedModule)]
-    assert paths == bm_checkpoint_paths()
+    assert paths == FCN_10L_BLOCKS
     result = step.gradients(data)
     assert result.keys() == expected.keys() and len(expected) > 0
     for name in expected:
         torch.testing.assert_close(result[name], expected[name],
                                    rtol=1e-6, atol=1e-9, msg=name)
 
-
-def bm_checkpoint_paths():
-    """FCN 10L's per-block placement (tests/test_checkpointing.py)."""
-    return ['backbone.layer3.1', 'backbone.layer4.0', 'backbone.layer4.1',
-            'decode_head.convs.0', 'decode_head.convs.1',
-            'decode_head.conv_cat']
