@@ -124,3 +124,10 @@ def test_amp_refuses_an_unknown_wrapper():
                                  torch.device('cuda'))
     assert cuda == dict(type='AmpOptimWrapper', clip_grad=None,
                         dtype='float16')
+
+
+def test_activation_checkpointing_placement_is_checked():
+    with pytest.raises(ValueError, match="activation_checkpointing: "
+                       "expected None or one of \\('block', 'segment'\\), "
+                       "got 'layer'"):
+        TrainingStep.from_config(config(), activation_checkpointing='layer')

@@ -130,6 +130,19 @@ def test_outputs_written(run, capsys):
     assert record['step_time_s_median'] > 0
 
 
+def test_every_row_has_a_measured_step_peak(run):
+    out, _, records = run
+    with open(osp.join(out, 'results.csv')) as f:
+        header = f.readline().strip().split(',')
+    assert 'step_peak_mib' in header
+    for record in records:
+        # the whole step's peak: above what autograd saves, and at least
+        # the trainable parameters' float32 gradients
+        assert record['step_peak_mib'] > record['step_saved_mib_mean']
+        assert record['step_peak_mib'] * MIB >= F32 * record[
+            'trainable_params']
+
+
 def test_layers_and_shapes_match_the_architecture(run):
     _, by_method, _ = run
     for record in by_method.values():
@@ -323,7 +336,8 @@ def test_leaf_configs_and_eps_override():
     for model in MODEL_CONFIGS:
         for setup in SETUPS:
             for method in bm.METHODS:
-                path, _ = leaf_config(model, setup, method, 0.8)
+                path, _ = leaf_config(model, setup,
+                                      bm.config_method(method), 0.8)
                 assert osp.isfile(path), path
     cfg, _ = bm.load_config('upernet', '10L', 'hosvd', 0.85, (32, 48))
     assert cfg.default_hooks.compression.method == 'hosvd'

@@ -5,11 +5,15 @@ For every combination of ``--models`` x ``--setups`` x ``--methods`` (x
 wrapper from the 5L/10L leaf config under ``configs/`` with
 :class:`mmseg_hosvd.bench.TrainingStep` (mmengine's ``MODELS.build``,
 ``HOOKS.build`` + ``install``, ``build_optim_wrapper``) and runs one warm-up
+step, one step inside a :class:`mmseg_hosvd.peak_memory.PeakMemoryMeter`
 and ``--iters`` measured real ``model.train_step`` calls (data preprocessor,
 ``mode='loss'``, backward, the config's gradient clipping and optimizer
 step), measured from the outside by :class:`mmseg_hosvd.bench.StepProbe`,
 recording
 
+* ``step_peak_mib``: the peak memory of one whole step (forward, backward,
+  optimizer step) above what was held before it (CPU: the profiler's
+  allocation events; CUDA: ``max_memory_allocated``), untimed;
 * the paper's activation count of the compressed/counted convs (fp32, MiB =
   2**20 bytes; mean and peak over the iterations) and the bytes those layers
   really keep;
@@ -19,6 +23,12 @@ recording
   :mod:`mmseg_hosvd.profiling`;
 * the CUDA allocator peak (on a GPU), forward/backward/optimizer/step median
   times and the ranks per layer (last and mean).
+
+Peers as rows of the same run: method ``checkpoint`` is the vanilla config
+with its trainable modules under ``torch.utils.checkpoint``, one per block
+(exact gradients); ``--amp`` adds an ``amp: true`` twin of each row (bf16
+autocast on the CPU, ``AmpOptimWrapper`` float16 on CUDA); ``--lean-loss on``
+sets the compression hook's ``lean_loss``.
 
 Writes ``OUT/results.json``, ``OUT/results.csv`` and ``OUT/memory.png`` and
 prints a markdown table.
@@ -34,17 +44,15 @@ random label maps (seeded).
 """
 import argparse
 import copy
-import csv
 import itertools
 import json
-import math
 import os
 import os.path as osp
 import platform
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -57,55 +65,42 @@ from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
                                StepProbe, TrainingStep, dataset_batches,
                                leaf_config_path, load_leaf_config,
                                synthetic_batches)
+from mmseg_hosvd.bench.report import (OP_GROUPS,  # noqa: E402,F401
+                                      group_shares, markdown_table,
+                                      method_label, op_group, plot,
+                                      write_csv)
 from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
-from mmseg_hosvd.ops import COMPRESSED_BACKWARD_NODES, MIB  # noqa: E402
+from mmseg_hosvd.ops import MIB  # noqa: E402
+from mmseg_hosvd.peak_memory import PeakMemoryMeter  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs')
 DEFAULT_OUT = osp.join(REPO, 'work_dirs', 'benchmark_memory')
 
-METHODS = ('vanilla', 'gradient_filter', 'svd', 'hosvd')
+METHODS = ('vanilla', 'checkpoint', 'gradient_filter', 'svd', 'hosvd')
 LOW_RANK = ('svd', 'hosvd')
-
-#: autograd nodes of the plugin's compressed convs
-COMPRESSED_NODES = tuple(COMPRESSED_BACKWARD_NODES)
-#: their saved weight (the Parameter for HOSVD/SVD and for the dilated
-#: Gradient Filter, else a per-step tensor: the Gradient Filter's
-#: kernel-summed weight, or the BN-folded weight of ``lean_backward``)
-COMPRESSED_WEIGHTS = tuple(
-    f'{node}.saved_tensors[{index}]'
-    for node, index in COMPRESSED_BACKWARD_NODES.items())
+#: methods that run another method's leaf config (plus model surgery)
+CONFIG_METHODS = {'checkpoint': 'vanilla'}
+#: placement of ``checkpoint``'s torch.utils.checkpoint: one per block
+#: (10L, batch 2, 256x256, CPU step peak: FCN 66.8 MiB per block, 67.9 per
+#: segment; DeepLabV3 62.5 both; 86.8 and 72.2 without checkpointing)
+CHECKPOINT_PLACEMENT = 'block'
 
 
-def _op(key: str) -> str:
-    return key.split('.', 1)[0]
+def config_method(method: str) -> str:
+    """The leaf config a benchmark method runs (``checkpoint``: the
+    vanilla one, its trainable modules then checkpointed)."""
+    return CONFIG_METHODS.get(method, method)
 
 
-#: coarse groups of the whole-step breakdown, matched in order on the
-#: ``'<node name>.<attribute>'`` keys of ``GraphBreakdown.by_saved``:
-#: (group, column label, predicate)
-OP_GROUPS = (
-    ('conv', 'conv inputs', lambda k: _op(k).startswith('Convolution')),
-    ('bn', 'BN inputs', lambda k: 'BatchNorm' in _op(k)),
-    ('relu', 'ReLU outputs', lambda k: _op(k).startswith(
-        ('Relu', 'Hardtanh', 'Threshold', 'LeakyRelu'))),
-    ('relu_mask', 'ReLU 1-bit masks', lambda k: _op(k).startswith(
-        '_MaskedClampBackward')),
-    ('compressed', 'compressed factors', lambda k: _op(k) in COMPRESSED_NODES
-     and k not in COMPRESSED_WEIGHTS),
-    ('weight_sums', 'step weights', lambda k: k in COMPRESSED_WEIGHTS),
-    ('loss', 'loss', lambda k: _op(k).startswith(
-        ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'Softmax'))),
-    ('other', 'other', lambda k: True),
-)
-
-
-def op_group(key: str) -> str:
-    """Coarse group of a ``'<node name>.<attribute>'`` key (see
-    :data:`OP_GROUPS`)."""
-    for group, _, matches in OP_GROUPS:
-        if matches(key):
-            return group
-    return 'other'
+class Row(NamedTuple):
+    """One benchmark row: a combination and its variant flags."""
+    model: str
+    setup: str
+    method: str
+    eps: Optional[float]
+    lean_backward: str
+    lean_loss: bool = False
+    amp: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +151,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help='the compression hook\'s lean_backward modes to run each '
         f'combination with (any of {", ".join(LEAN_BACKWARD_MODES)}); '
         'modes of one combination run one after the other')
+    parser.add_argument(
+        '--lean-loss', nargs='+', choices=('off', 'on'), default=['off'],
+        metavar='ON_OFF',
+        help='run each combination without (off) and/or with (on) the '
+        'compression hook\'s lean_loss (the decode heads\' resize + '
+        'cross-entropy keep only the low-resolution logits)')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='give each row an amp twin: bf16 autocast on the CPU, '
+        'AmpOptimWrapper (float16) on CUDA')
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--crop', nargs=2, type=positive_int,
                         default=[512, 512], metavar=('H', 'W'))
@@ -192,6 +197,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.methods = list(dict.fromkeys(args.methods))
     args.eps = list(dict.fromkeys(args.eps))
     args.lean_backward = list(dict.fromkeys(args.lean_backward))
+    args.lean_loss = [value == 'on' for value in dict.fromkeys(
+        args.lean_loss)]
     args.crop = tuple(args.crop)
     return args
 
@@ -200,9 +207,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 # configs
 # ---------------------------------------------------------------------------
 def load_config(model: str, setup: str, method: str, eps: Optional[float],
-                crop: Tuple[int, int], lean_backward: Optional[str] = None):
-    """The leaf config of one combination, its compression hook's
-    ``lean_backward`` set (None: the config's), and its path."""
+                crop: Tuple[int, int], lean_backward: Optional[str] = None,
+                lean_loss: bool = False):
+    """The leaf config of one combination (``checkpoint``: the vanilla
+    one), its compression hook's ``lean_backward`` set (None: the
+    config's) and ``lean_loss=True`` if asked for, and its path."""
+    method = config_method(method)
     path, _ = leaf_config_path(CONFIGS, model, setup, method, eps)
     try:
         cfg = load_leaf_config(CONFIGS, model, setup, method, eps, crop)
@@ -210,6 +220,8 @@ def load_config(model: str, setup: str, method: str, eps: Optional[float],
         raise SystemExit(str(error)) from None
     if lean_backward is not None:
         cfg.default_hooks.compression.lean_backward = lean_backward
+    if lean_loss:
+        cfg.default_hooks.compression.lean_loss = True
     return cfg, path
 
 
@@ -220,26 +232,41 @@ def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float('nan')
 
 
+def _accumulate(breakdown, by_op: Dict[str, float],
+                by_op_inclusive: Dict[str, float], by_saved: Dict[str, float],
+                params_by_op: Dict[str, float]) -> None:
+    """Add a step's ``GraphBreakdown`` shares (MiB) to the running sums."""
+    for target, shares in ((by_op, breakdown.by_op),
+                           (by_op_inclusive, breakdown.by_op_inclusive),
+                           (by_saved, breakdown.by_saved),
+                           (params_by_op, breakdown.parameters_by_op)):
+        for name, share in shares.items():
+            target[name] = target.get(name, 0.0) + share.bytes / MIB
+
+
 def run_combination(args, model_name: str, setup: str, method: str,
                     eps: Optional[float], progress=None,
-                    lean_backward: str = 'exact',
-                    peak_meter_factory=None) -> dict:
+                    lean_backward: str = 'exact', lean_loss: bool = False,
+                    amp: bool = False) -> dict:
     """Build the combination's training step from its leaf config and run
-    one warm-up and ``args.iters`` measured real ``train_step`` calls.
-
-    ``peak_meter_factory``: a callable returning a fresh peak meter (an
-    object with ``__enter__``/``__exit__`` and ``peak_bytes``) per step;
-    its median reading goes to ``step_peak_mib``."""
+    one warm-up step, one step inside a
+    :class:`~mmseg_hosvd.peak_memory.PeakMemoryMeter` (``step_peak_mib``:
+    the step's peak above the memory held before it; not timed: the CPU
+    meter's profiler slows the step) and ``args.iters`` timed and metered
+    real ``train_step`` calls."""
     from mmengine.registry import HOOKS
 
     device = torch.device(args.device)
     cfg, config_path = load_config(model_name, setup, method, eps,
-                                   args.crop, lean_backward)
+                                   args.crop, lean_backward, lean_loss)
     seed = args.seed if args.seed is not None else cfg.get(
         'randomness', {}).get('seed', 233)
 
-    step = TrainingStep.from_config(cfg, device, checkpoint=args.checkpoint,
-                                    seed=seed, init_weights=False)
+    step = TrainingStep.from_config(
+        cfg, device, checkpoint=args.checkpoint, amp=amp, seed=seed,
+        init_weights=False,
+        activation_checkpointing=(CHECKPOINT_PLACEMENT
+                                  if method == 'checkpoint' else None))
     model, installed = step.model, step.installed
     trainable = step.trainable_parameters()
     state = step.state_tensors()
@@ -262,24 +289,35 @@ def run_combination(args, model_name: str, setup: str, method: str,
 
     memory_hook = None
     times = dict(forward=[], backward=[], optimizer=[], step=[])
-    saved_act, saved_param, not_in_graph, peaks = [], [], [], []
+    saved_act, saved_param, not_in_graph = [], [], []
+    peak_meter = PeakMemoryMeter(device)
     by_op: Dict[str, float] = {}
     by_op_inclusive: Dict[str, float] = {}
     by_saved: Dict[str, float] = {}
     params_by_op: Dict[str, float] = {}
     last_total, last_stats = None, {}
+    # no graph walk through checkpointed modules: reading their saved
+    # tensors would run the recomputation there, outside backward
+    walk = method != 'checkpoint'
     probe = StepProbe(model, step.optim_wrapper.optimizer, trainable, state,
-                      device, breakdown=True)
+                      device, breakdown=walk)
     with probe:
         for iteration in range(args.iters + 1):
             warmup = iteration == 0
             data = next(batches)
-            meter = peak_meter_factory() if peak_meter_factory else None
-            measured = probe.measure(lambda: step.run(data), meter)
+            measured = probe.measure(lambda: step.run(data))
             del data
             breakdown = measured.breakdown
 
             if warmup:
+                # the peak of one whole step, optimizer state in place
+                # (the probe is not armed: no saved-tensor meter)
+                data = next(batches)
+                with peak_meter:
+                    step.run(data)
+                del data
+                if progress is not None:
+                    progress.update(1)
                 # the warm-up's stats go to a throwaway hook
                 HOOKS.build(copy.deepcopy(
                     cfg.default_hooks.activation_memory)).record(model)
@@ -301,19 +339,11 @@ def run_combination(args, model_name: str, setup: str, method: str,
                 times['step'].append(measured.step_s)
                 saved_act.append(measured.saved_bytes / MIB)
                 saved_param.append(measured.saved_param_bytes / MIB)
-                not_in_graph.append(
-                    (measured.saved_bytes - breakdown.activation_bytes) / MIB)
-                if measured.peak_bytes is not None:
-                    peaks.append(measured.peak_bytes / MIB)
-                for target, shares in ((by_op, breakdown.by_op),
-                                       (by_op_inclusive,
-                                        breakdown.by_op_inclusive),
-                                       (by_saved, breakdown.by_saved),
-                                       (params_by_op,
-                                        breakdown.parameters_by_op)):
-                    for name, share in shares.items():
-                        target[name] = target.get(name,
-                                                  0.0) + share.bytes / MIB
+                if breakdown is not None:
+                    not_in_graph.append((measured.saved_bytes -
+                                         breakdown.activation_bytes) / MIB)
+                    _accumulate(breakdown, by_op, by_op_inclusive, by_saved,
+                                params_by_op)
             del measured, breakdown
             if progress is not None:
                 progress.update(1)
@@ -328,9 +358,9 @@ def run_combination(args, model_name: str, setup: str, method: str,
                            key=lambda item: -item[1]))
 
     by_saved_mean = averaged(by_saved)
-    groups = {group: 0.0 for group, _, _ in OP_GROUPS}
-    for key, mib in by_saved_mean.items():
-        groups[op_group(key)] += mib
+    # None: not walked (checkpoint rows)
+    groups = group_shares(by_saved_mean) if walk else dict.fromkeys(
+        group_shares({}))
 
     layers, ranks = {}, {}
     for path, layer in summary['layers'].items():
@@ -353,6 +383,10 @@ def run_combination(args, model_name: str, setup: str, method: str,
         method=method,
         eps=eps if method in LOW_RANK else None,
         lean_backward=lean_backward,
+        lean_loss=lean_loss,
+        amp=amp,
+        checkpointing=(CHECKPOINT_PLACEMENT if method == 'checkpoint' else
+                       None),
         config=osp.relpath(config_path, REPO),
         activation_mib_mean=summary['total']['paper_mib']['mean'],
         activation_mib_peak=summary['total']['paper_mib']['peak'],
@@ -363,8 +397,9 @@ def run_combination(args, model_name: str, setup: str, method: str,
         step_saved_mib_mean=statistics.fmean(saved_act),
         step_saved_mib_peak=max(saved_act),
         step_saved_param_mib_mean=statistics.fmean(saved_param),
-        step_not_in_graph_mib_mean=statistics.fmean(not_in_graph),
-        step_peak_mib=_median(peaks) if peaks else None,
+        step_not_in_graph_mib_mean=(statistics.fmean(not_in_graph)
+                                    if not_in_graph else None),
+        step_peak_mib=peak_meter.peak_bytes / MIB,
         step_saved_groups_mib=groups,
         breakdown=dict(by_op=averaged(by_op),
                        by_saved=by_saved_mean,
@@ -402,147 +437,19 @@ def run_combination(args, model_name: str, setup: str, method: str,
 # ---------------------------------------------------------------------------
 # outputs
 # ---------------------------------------------------------------------------
-def combinations(args
-                 ) -> List[Tuple[str, str, str, Optional[float], str]]:
-    """(model, setup, method, eps, lean_backward) in run order: the
-    lean_backward modes of one combination next to each other."""
+def combinations(args) -> List[Row]:
+    """The rows in run order: the variants (lean_backward modes, lean loss
+    off/on, the amp twin) of one combination next to each other."""
     combos = []
+    amps = [False, True] if args.amp else [False]
     for model, setup, method in itertools.product(args.models, args.setups,
                                                   args.methods):
         epsilons = args.eps if method in LOW_RANK else [None]
-        combos.extend((model, setup, method, eps, lean)
-                      for eps in epsilons for lean in args.lean_backward)
+        combos.extend(
+            Row(model, setup, method, eps, lean, lean_loss, amp)
+            for eps in epsilons for lean in args.lean_backward
+            for lean_loss in args.lean_loss for amp in amps)
     return combos
-
-
-def method_label(record: dict) -> str:
-    label = record['method']
-    if record['eps'] is not None:
-        label += f" eps={record['eps']:g}"
-    lean = record.get('lean_backward', 'off')
-    return label if lean == 'off' else f'{label}, lean {lean}'
-
-
-def _fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return '-'
-    if isinstance(value, float):
-        if math.isnan(value):
-            return '-'
-        if value != 0 and abs(value) < 10**-digits:
-            return f'{value:.1e}'
-        return f'{value:.{digits}f}'
-    return str(value)
-
-
-def markdown_table(records: Sequence[dict]) -> str:
-    from tabulate import tabulate
-    cuda = any(r['cuda_peak_mib'] is not None for r in records)
-    peak = any(r.get('step_peak_mib') is not None for r in records)
-    header = [
-        'model', 'setup', 'method', 'paper MiB mean', 'paper MiB peak',
-        'kept MiB', 'step saved MiB'
-    ] + [label for group, label, _ in OP_GROUPS] + ['params saved MiB']
-    if peak:
-        header.append('step peak MiB')
-    if cuda:
-        header.append('CUDA peak MiB')
-    header += ['fwd s', 'bwd s', 'step s']
-    rows = []
-    for r in records:
-        row = [
-            r['model'], r['setup'],
-            method_label(r),
-            _fmt(r['activation_mib_mean']),
-            _fmt(r['activation_mib_peak']),
-            _fmt(r['kept_mib_mean']),
-            _fmt(r['step_saved_mib_mean'], 1)
-        ] + [
-            _fmt(r['step_saved_groups_mib'][group], 1)
-            for group, _, _ in OP_GROUPS
-        ] + [_fmt(r['step_saved_param_mib_mean'], 1)]
-        if peak:
-            row.append(_fmt(r.get('step_peak_mib'), 1))
-        if cuda:
-            row.append(_fmt(r['cuda_peak_mib'], 1))
-        row += [
-            _fmt(r['forward_time_s_median']),
-            _fmt(r['backward_time_s_median']),
-            _fmt(r['step_time_s_median'])
-        ]
-        rows.append(row)
-    return tabulate(rows, headers=header, tablefmt='github',
-                    disable_numparse=True,
-                    colalign=['left'] * 3 + ['right'] * (len(header) - 3))
-
-
-def flatten(record: dict) -> dict:
-    """CSV row: scalars as they are, the groups as columns, other nested
-    fields JSON-encoded."""
-    row = {}
-    for key, value in record.items():
-        if key == 'step_saved_groups_mib':
-            for group, mib in value.items():
-                row[f'step_saved_mib_{group}'] = mib
-        elif isinstance(value, (dict, list, tuple)):
-            row[key] = json.dumps(value)
-        else:
-            row[key] = '' if value is None else value
-    return row
-
-
-def write_csv(records: Sequence[dict], path: str) -> None:
-    rows = [flatten(r) for r in records]
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot(records: Sequence[dict], path: str) -> None:
-    """Grouped bars (log scale): paper count and whole-step saved bytes."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    labels = [
-        f"{r['model']} {r['setup']}\n{method_label(r)}" for r in records
-    ]
-    paper = [max(r['activation_mib_mean'], 1e-6) for r in records]
-    step = [max(r['step_saved_mib_mean'], 1e-6) for r in records]
-    x = np.arange(len(records))
-    width = 0.4
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * len(records) + 2), 5.5))
-    ax.bar(x - width / 2, paper, width,
-           label='paper count (compressed layers)')
-    ax.bar(x + width / 2, step, width,
-           label='whole step: saved by autograd (activations)')
-    ax.set_yscale('log')
-    ax.set_ylabel('MiB (2**20 bytes, log scale)')
-    for index in range(1, len(records)):
-        previous, current = records[index - 1], records[index]
-        if (previous['model'], previous['setup']) != (current['model'],
-                                                      current['setup']):
-            ax.axvline(index - 0.5, color='grey', linewidth=0.6)
-    first = records[0]
-    init = 'random init' if first['init'] == 'random' else 'checkpoint'
-    ax.set_title(
-        f"Activation memory per training step: batch {first['batch']}, "
-        f"crop {first['crop'][0]}x{first['crop'][1]}, {init}, "
-        f"{first['data']} data",
-        fontsize=10,
-        pad=26)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=90, fontsize=7)
-    ax.set_xlim(-0.6, len(records) - 0.4)
-    ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=2,
-              fontsize=8, frameon=False)
-    ax.grid(axis='y', which='both', alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
@@ -559,20 +466,22 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
             if args.data_root else 'synthetic random images and labels')
     print(f'benchmark_memory: {len(combos)} combination(s), batch '
           f'{args.batch_size}, crop {args.crop[0]}x{args.crop[1]}, 1 warm-up '
-          f'+ {args.iters} iteration(s), device {args.device}\n'
+          f'+ 1 peak step + {args.iters} timed iteration(s), device '
+          f'{args.device}\n'
           f'  weights: {init}\n  data: {data}', flush=True)
 
     records = []
     start = time.time()
-    with tqdm(total=len(combos) * (args.iters + 1), unit='it',
+    with tqdm(total=len(combos) * (args.iters + 2), unit='it',
               dynamic_ncols=True) as progress:
-        for model, setup, method, eps, lean in combos:
-            label = f'{model} {setup} {method}' + (
-                f' eps={eps:g}' if eps is not None else '') + f' lean {lean}'
-            progress.set_description(label)
+        for row in combos:
+            progress.set_description(
+                f'{row.model} {row.setup} ' + method_label(row._asdict()))
             records.append(
-                run_combination(args, model, setup, method, eps, progress,
-                                lean_backward=lean))
+                run_combination(args, row.model, row.setup, row.method,
+                                row.eps, progress,
+                                lean_backward=row.lean_backward,
+                                lean_loss=row.lean_loss, amp=row.amp))
             # write as we go: a long run keeps what it measured
             with open(osp.join(args.out, 'results.json'), 'w') as f:
                 json.dump(records, f, indent=2)
@@ -585,7 +494,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
           f'(vanilla: counted) layers, fp32; kept = bytes those layers really '
           f'keep; step saved = every activation storage autograd saves for '
           f'the step, each once (parameters apart), split by the op that '
-          f'saved it first. Weights: {init}; data: {data}.')
+          f'saved it first; step peak = the most memory one whole step '
+          f'(forward, backward, optimizer) allocated above what was held '
+          f'before it (CPU: profiler allocation events, an upper bound; '
+          f'CUDA: max_memory_allocated), measured on a step of its own '
+          f'after the warm-up. checkpoint = the vanilla config with its '
+          f'trainable modules under torch.utils.checkpoint, one per '
+          f'{CHECKPOINT_PLACEMENT}. Weights: {init}; data: {data}.')
     print(f'results: {args.out}/results.json, results.csv, memory.png '
           f'(wall time {time.time() - start:.0f} s)')
     return records

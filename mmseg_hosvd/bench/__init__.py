@@ -7,6 +7,7 @@
   meter can wrap the step.
 * :mod:`.configs`: the benchmarks' models and leaf configs.
 * :mod:`.data`: synthetic and dataset batches.
+* :mod:`.report`: the memory benchmark's table, CSV and plot.
 * :class:`StepProbeHook`, :class:`ProgressBarHook`: the probe and a
   progress bar as Runner hooks.
 """

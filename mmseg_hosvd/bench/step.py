@@ -7,6 +7,13 @@ their public ``install(model)``) and the optim wrapper
 type and the wrapper type come from the config), and runs real
 ``model.train_step(data, optim_wrapper)`` calls.
 
+Activation checkpointing (``activation_checkpointing='block'`` or
+``'segment'``): after the hooks are installed (and have frozen what they
+freeze), the trainable modules run under ``torch.utils.checkpoint``
+(:func:`mmseg_hosvd.checkpointing.checkpoint_modules` at
+:func:`~mmseg_hosvd.checkpointing.checkpoint_paths` of that placement);
+parameter names do not change.
+
 Mixed precision (``amp=True``): on CUDA the optim wrapper becomes mmengine's
 ``AmpOptimWrapper`` (float16, loss scaling); on the CPU, where
 ``AmpOptimWrapper`` refuses to run, a :class:`CPUBFloat16OptimWrapper`, i.e.
@@ -22,6 +29,8 @@ import torch
 import torch.nn as nn
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
+
+from ..checkpointing import PLACEMENTS, checkpoint_modules, checkpoint_paths
 
 #: the optim wrapper types ``amp=True`` may replace
 PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
@@ -116,7 +125,9 @@ class TrainingStep:
                     amp: bool = False,
                     seed: Optional[int] = None,
                     init_weights: bool = True,
-                    strict: bool = False) -> 'TrainingStep':
+                    strict: bool = False,
+                    activation_checkpointing: Optional[str] = None
+                    ) -> 'TrainingStep':
         """Build everything from ``cfg``.
 
         Args:
@@ -134,11 +145,22 @@ class TrainingStep:
             strict: load ``checkpoint`` strictly (every key must match;
                 default: keys missing or extra are logged, e.g. a
                 classifier of another class count).
+            activation_checkpointing: None, or the placement
+                (``'block'``, ``'segment'``) of the trainable modules
+                to checkpoint (see the module docstring).
+
+        Raises:
+            ValueError: an unknown ``activation_checkpointing`` placement.
         """
         from mmengine.logging import MMLogger
         from mmengine.optim import build_optim_wrapper
         from mmengine.runner import load_checkpoint, set_random_seed
         from mmseg.registry import MODELS
+        if (activation_checkpointing is not None
+                and activation_checkpointing not in PLACEMENTS):
+            raise ValueError('activation_checkpointing: expected None or '
+                             f'one of {PLACEMENTS}, got '
+                             f'{activation_checkpointing!r}')
         device = torch.device(device)
         if seed is None:
             seed = (cfg.get('randomness') or {}).get('seed')
@@ -159,6 +181,9 @@ class TrainingStep:
             if isinstance(result, dict):
                 installed.update(result)
             hooks.append(hook)
+        if activation_checkpointing is not None:
+            checkpoint_modules(
+                model, checkpoint_paths(model, activation_checkpointing))
         wrapper_cfg = copy.deepcopy(cfg.optim_wrapper)
         if amp:
             wrapper_cfg = amp_optim_wrapper_cfg(wrapper_cfg, device)

@@ -1,0 +1,210 @@
+"""Reports of the memory benchmark: breakdown groups, markdown table, CSV
+rows and the bar plot of ``tools/benchmark_memory.py`` records.
+
+A record is the dict one benchmark row writes to ``results.json``; sizes
+are in MiB (2**20 bytes), times in seconds.
+"""
+import csv
+import json
+import math
+from typing import Dict, Optional, Sequence
+
+from ..ops import COMPRESSED_BACKWARD_NODES
+
+#: autograd nodes of the plugin's compressed convs
+COMPRESSED_NODES = tuple(COMPRESSED_BACKWARD_NODES)
+#: their saved weight (the Parameter for HOSVD/SVD and for the dilated
+#: Gradient Filter, else a per-step tensor: the Gradient Filter's
+#: kernel-summed weight, or the BN-folded weight of ``lean_backward``)
+COMPRESSED_WEIGHTS = tuple(
+    f'{node}.saved_tensors[{index}]'
+    for node, index in COMPRESSED_BACKWARD_NODES.items())
+
+
+def _op(key: str) -> str:
+    return key.split('.', 1)[0]
+
+
+#: coarse groups of the whole-step breakdown, matched in order on the
+#: ``'<node name>.<attribute>'`` keys of ``GraphBreakdown.by_saved``:
+#: (group, column label, predicate)
+OP_GROUPS = (
+    ('conv', 'conv inputs', lambda k: _op(k).startswith('Convolution')),
+    ('bn', 'BN inputs', lambda k: 'BatchNorm' in _op(k)),
+    ('relu', 'ReLU outputs', lambda k: _op(k).startswith(
+        ('Relu', 'Hardtanh', 'Threshold', 'LeakyRelu'))),
+    ('relu_mask', 'ReLU 1-bit masks', lambda k: _op(k).startswith(
+        '_MaskedClampBackward')),
+    ('compressed', 'compressed factors', lambda k: _op(k) in COMPRESSED_NODES
+     and k not in COMPRESSED_WEIGHTS),
+    ('weight_sums', 'step weights', lambda k: k in COMPRESSED_WEIGHTS),
+    ('loss', 'loss', lambda k: _op(k).startswith(
+        ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'Softmax'))),
+    ('other', 'other', lambda k: True),
+)
+
+
+def op_group(key: str) -> str:
+    """Coarse group of a ``'<node name>.<attribute>'`` key (see
+    :data:`OP_GROUPS`)."""
+    for group, _, matches in OP_GROUPS:
+        if matches(key):
+            return group
+    return 'other'
+
+
+def group_shares(by_saved: Dict[str, float]) -> Dict[str, float]:
+    """Sum ``by_saved`` (MiB by saved key) into the :data:`OP_GROUPS`."""
+    groups = {group: 0.0 for group, _, _ in OP_GROUPS}
+    for key, mib in by_saved.items():
+        groups[op_group(key)] += mib
+    return groups
+
+
+def method_label(record: dict) -> str:
+    """``'hosvd eps=0.8, lean all, lean loss, amp'``: the method and the
+    variant flags a record ran with (defaults left out)."""
+    label = record['method']
+    if record.get('eps') is not None:
+        label += f" eps={record['eps']:g}"
+    lean = record.get('lean_backward', 'off')
+    if lean != 'off':
+        label += f', lean {lean}'
+    if record.get('lean_loss'):
+        label += ', lean loss'
+    if record.get('amp'):
+        label += ', amp'
+    return label
+
+
+def fmt(value, digits: int = 2) -> str:
+    """A table cell: ``'-'`` for None/NaN, ``digits`` decimals for floats
+    (scientific notation below ``10**-digits``)."""
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        if math.isnan(value):
+            return '-'
+        if value != 0 and abs(value) < 10**-digits:
+            return f'{value:.1e}'
+        return f'{value:.{digits}f}'
+    return str(value)
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+    """GitHub markdown table of ``records``, one row each; ``step peak
+    MiB`` (the whole step's measured peak) beside ``step saved MiB``."""
+    from tabulate import tabulate
+    cuda = any(r.get('cuda_peak_mib') is not None for r in records)
+    header = [
+        'model', 'setup', 'method', 'paper MiB mean', 'paper MiB peak',
+        'kept MiB', 'step saved MiB', 'step peak MiB'
+    ] + [label for group, label, _ in OP_GROUPS] + ['params saved MiB']
+    if cuda:
+        header.append('CUDA peak MiB')
+    header += ['fwd s', 'bwd s', 'step s']
+    rows = []
+    for r in records:
+        row = [
+            r['model'], r['setup'],
+            method_label(r),
+            fmt(r['activation_mib_mean']),
+            fmt(r['activation_mib_peak']),
+            fmt(r['kept_mib_mean']),
+            fmt(r['step_saved_mib_mean'], 1),
+            fmt(r.get('step_peak_mib'), 1)
+        ] + [
+            fmt(r['step_saved_groups_mib'][group], 1)
+            for group, _, _ in OP_GROUPS
+        ] + [fmt(r['step_saved_param_mib_mean'], 1)]
+        if cuda:
+            row.append(fmt(r.get('cuda_peak_mib'), 1))
+        row += [
+            fmt(r['forward_time_s_median']),
+            fmt(r['backward_time_s_median']),
+            fmt(r['step_time_s_median'])
+        ]
+        rows.append(row)
+    return tabulate(rows, headers=header, tablefmt='github',
+                    disable_numparse=True,
+                    colalign=['left'] * 3 + ['right'] * (len(header) - 3))
+
+
+def flatten(record: dict) -> dict:
+    """CSV row: scalars as they are, the groups as columns, other nested
+    fields JSON-encoded."""
+    row = {}
+    for key, value in record.items():
+        if key == 'step_saved_groups_mib':
+            for group, mib in value.items():
+                row[f'step_saved_mib_{group}'] = mib
+        elif isinstance(value, (dict, list, tuple)):
+            row[key] = json.dumps(value)
+        else:
+            row[key] = '' if value is None else value
+    return row
+
+
+def write_csv(records: Sequence[dict], path: str) -> None:
+    """``records`` as CSV rows (:func:`flatten`) at ``path``."""
+    rows = [flatten(r) for r in records]
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _positive(values: Sequence[Optional[float]]) -> list:
+    return [max(v, 1e-6) if v is not None else 0.0 for v in values]
+
+
+def plot(records: Sequence[dict], path: str) -> None:
+    """Grouped bars (log scale) per record: the paper count, the whole
+    step's saved bytes and its measured peak."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [
+        f"{r['model']} {r['setup']}\n{method_label(r)}" for r in records
+    ]
+    bars = (
+        ('paper count (compressed layers)',
+         [r['activation_mib_mean'] for r in records]),
+        ('whole step: saved by autograd (activations)',
+         [r['step_saved_mib_mean'] for r in records]),
+        ('whole step: peak allocated (forward, backward, optimizer)',
+         [r.get('step_peak_mib') for r in records]),
+    )
+    x = np.arange(len(records))
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.6 * len(records) + 2), 5.5))
+    for index, (label, values) in enumerate(bars):
+        ax.bar(x + (index - (len(bars) - 1) / 2) * width,
+               _positive(values), width, label=label)
+    ax.set_yscale('log')
+    ax.set_ylabel('MiB (2**20 bytes, log scale)')
+    for index in range(1, len(records)):
+        previous, current = records[index - 1], records[index]
+        if (previous['model'], previous['setup']) != (current['model'],
+                                                      current['setup']):
+            ax.axvline(index - 0.5, color='grey', linewidth=0.6)
+    first = records[0]
+    init = 'random init' if first['init'] == 'random' else 'checkpoint'
+    ax.set_title(
+        f"Memory per training step: batch {first['batch']}, "
+        f"crop {first['crop'][0]}x{first['crop'][1]}, {init}, "
+        f"{first['data']} data",
+        fontsize=10,
+        pad=40)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, len(records) - 0.4)
+    ax.legend(loc='lower center', bbox_to_anchor=(0.5, 1.0), ncol=2,
+              fontsize=8, frameon=False)
+    ax.grid(axis='y', which='both', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

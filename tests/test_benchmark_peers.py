@@ -1,0 +1,165 @@
+"""tools/benchmark_memory.py peers as rows: method ``checkpoint`` (exact
+gradients through the step path), ``--amp`` twins, ``--lean-loss``, and a
+measured ``step_peak_mib`` on every row."""
+import csv
+import inspect
+import json
+import re
+import os.path as osp
+
+import pytest
+import torch
+
+import benchmark_memory as bm  # tools/ is on sys.path (conftest)
+from conftest import CONFIGS
+from mmseg_hosvd.bench import (TrainingStep, load_leaf_config,
+                               synthetic_batches)
+from mmseg_hosvd.checkpointing import CheckpointedModule
+from mmseg_hosvd.engine import ActivationCompressionHook
+from mmseg_hosvd.lean_loss import install_lean_loss
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+B, CROP = 1, 32
+ARGS = [
+    '--models', 'fcn', '--setups', '5L', '--methods', 'vanilla',
+    'checkpoint', 'hosvd', '--eps', '0.8', '--lean-backward', 'off',
+    '--batch-size', str(B), '--crop', str(CROP), str(CROP), '--iters', '1',
+    '--device', 'cpu', '--amp'
+]
+#: FCN 10L's per-block placement (tests/test_checkpointing.py)
+FCN_10L_BLOCKS = [
+    'backbone.layer3.1', 'backbone.layer4.0', 'backbone.layer4.1',
+    'decode_head.convs.0', 'decode_head.convs.1', 'decode_head.conv_cat'
+]
+HOOK_HAS_LEAN_LOSS = 'lean_loss' in inspect.signature(
+    ActivationCompressionHook.__init__).parameters
+
+
+@pytest.fixture(scope='module')
+def peers(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('peers'))
+    records = bm.main(ARGS + ['--out', out])
+    return out, records
+
+
+def test_every_row_has_a_positive_step_peak(peers):
+    _, records = peers
+    assert [(r['method'], r['amp']) for r in records] == [
+        ('vanilla', False), ('vanilla', True), ('checkpoint', False),
+        ('checkpoint', True), ('hosvd', False), ('hosvd', True)]
+    for record in records:
+        assert record['step_peak_mib'] > 0, record['method']
+        # the peak holds at least the trainable parameters' gradients
+        # (float32, created inside the step: set to None by zero_grad)
+        assert record['step_peak_mib'] * 2**20 >= 4 * record[
+            'trainable_params']
+        assert record['cuda_peak_mib'] is None  # CPU run
+        assert record['lean_loss'] is False
+
+
+def test_checkpoint_rows_run_the_vanilla_config_checkpointed(peers):
+    _, records = peers
+    by_key = {(r['method'], r['amp']): r for r in records}
+    checkpoint = by_key['checkpoint', False]
+    vanilla = by_key['vanilla', False]
+    assert checkpoint['config'] == vanilla['config']
+    assert checkpoint['checkpointing'] == 'block'
+    assert vanilla['checkpointing'] is None
+    assert checkpoint['trainable_params'] == vanilla['trainable_params']
+    # checkpointed modules keep no activation of their own for backward
+    assert checkpoint['step_saved_mib_mean'] < vanilla['step_saved_mib_mean']
+    # no graph walk through checkpointed modules (it would recompute them)
+    assert set(checkpoint['step_saved_groups_mib'].values()) == {None}
+    assert checkpoint['breakdown']['by_saved'] == {}
+
+
+def test_amp_twins_are_bfloat16_on_the_cpu(peers):
+    _, records = peers
+    for plain, amp in zip(records[::2], records[1::2]):
+        assert (plain['method'], plain['amp'], amp['amp']) == (
+            amp['method'], False, True)
+        # bf16 autocast: the trainable weights are cast per step, so the
+        # step saves fewer of them as parameters than float32 does
+        assert amp['step_saved_param_mib_mean'] < plain[
+            'step_saved_param_mib_mean'] or plain['method'] == 'checkpoint'
+
+
+def test_outputs_have_the_peak_column(peers):
+    out, records = peers
+    table = bm.markdown_table(records)
+    header = [cell.strip() for cell in table.splitlines()[0].split('|')]
+    column = header.index('step peak MiB')
+    assert header[column - 1] == 'step saved MiB'
+    for line, record in zip(table.splitlines()[2:], records):
+        cells = [cell.strip() for cell in line.split('|')]
+        assert cells[column] == f"{record['step_peak_mib']:.1f}"
+    assert '| fcn | 5L | checkpoint, amp |' in re.sub(' +', ' ', table)
+    with open(osp.join(out, 'results.csv')) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(row['step_peak_mib']) for row in rows] == pytest.approx(
+        [r['step_peak_mib'] for r in records])
+    with open(osp.join(out, 'results.json')) as f:
+        assert [r['step_peak_mib'] for r in json.load(f)] == [
+            r['step_peak_mib'] for r in records]
+
+
+def test_lean_loss_argument_reaches_the_hook_config():
+    args = bm.parse_args(['--lean-loss', 'off', 'on'])
+    assert args.lean_loss == [False, True]
+    rows = bm.combinations(args)
+    assert [row.lean_loss for row in rows[:2]] == [False, True]
+    cfg, _ = bm.load_config('fcn', '5L', 'checkpoint', None, (CROP, CROP),
+                            'exact', lean_loss=True)
+    assert cfg.default_hooks.compression.method == 'vanilla'
+    assert cfg.default_hooks.compression.lean_loss is True
+    cfg, _ = bm.load_config('fcn', '5L', 'hosvd', 0.8, (CROP, CROP))
+    assert 'lean_loss' not in cfg.default_hooks.compression
+
+
+@pytest.mark.skipif(not HOOK_HAS_LEAN_LOSS,
+                    reason='ActivationCompressionHook has no lean_loss yet')
+def test_lean_loss_rows(tmp_path):
+    records = bm.main([
+        '--models', 'fcn', '--setups', '5L', '--methods', 'checkpoint',
+        'hosvd', '--eps', '0.8', '--lean-backward', 'all', '--lean-loss',
+        'off', 'on', '--batch-size', '2', '--crop', '64', '64', '--iters',
+        '1', '--device', 'cpu', '--out', str(tmp_path)
+    ])
+    assert [(r['method'], r['lean_loss']) for r in records] == [
+        ('checkpoint', False), ('checkpoint', True), ('hosvd', False),
+        ('hosvd', True)]
+    for off, on in zip(records[::2], records[1::2]):
+        assert on['step_peak_mib'] > 0
+        assert on['step_saved_mib_mean'] < off['step_saved_mib_mean']
+
+
+def _step(checkpointing=None, lean_loss=False):
+    """FCN 10L vanilla step path in float64."""
+    from mmseg.utils import register_all_modules
+    register_all_modules()
+    cfg = load_leaf_config(CONFIGS, 'fcn', '10L', 'vanilla',
+                           crop=(CROP, CROP))
+    cfg.model.backbone.init_cfg = None
+    step = TrainingStep.from_config(cfg, seed=3,
+                                    activation_checkpointing=checkpointing)
+    if lean_loss:
+        install_lean_loss(step.model)
+    step.model.double()
+    return step
+
+
+@pytest.mark.parametrize('lean_loss', [False, True])
+def test_checkpoint_gradients_equal_vanilla(lean_loss):
+    data = next(synthetic_batches(2, (CROP, CROP), 21, seed=5))
+    expected = _step().gradients(data)
+    step = _step('block', lean_loss)
+    paths = [p for p, m in step.model.named_modules()
+             if isinstance(m, CheckpointedModule)]
+    assert paths == FCN_10L_BLOCKS
+    result = step.gradients(data)
+    assert result.keys() == expected.keys() and len(expected) > 0
+    for name in expected:
+        torch.testing.assert_close(result[name], expected[name],
+                                   rtol=1e-6, atol=1e-9, msg=name)
+
