@@ -114,7 +114,7 @@ def test_amp_on_the_cpu_is_bfloat16_autocast():
     log_vars = step.run(batch())
     handle.remove()
     assert dtypes == [torch.bfloat16]
-    assert torch.isfinite(torch.tensor(log_vars['loss']))
+    assert torch.isfinite(torch.as_tensor(log_vars['loss']))
 
 
 def test_amp_refuses_an_unknown_wrapper():
