@@ -60,6 +60,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
+from mmseg_hosvd.bench.arguments import (eps_value,  # noqa: E402
+                                        positive_int)
 from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
                                StepProbe, SyncTimer, TrainingStep,
                                folder_batch, load_leaf_config, smooth_batch)
@@ -77,29 +79,6 @@ EPS_METHODS = ('svd', 'hosvd', 'asi')
 # ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
-def eps_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'eps must be a number in (0, 1], got {text!r}') from None
-    if not 0 < value <= 1:  # also rejects NaN
-        raise argparse.ArgumentTypeError(
-            f'eps must be in (0, 1], got {text!r}')
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f'expected an integer >= 1, got {text!r}')
-    return value
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],

@@ -38,7 +38,7 @@ from mmseg_hosvd.camvid import (DEPTHS, METHODS, MODELS,  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs', 'camvid')
 DEFAULT_OUT = osp.join('work_dirs', 'camvid_experiment')
-DEFAULT_DATA = osp.join('..', 'shared', 'data', 'camvid_voc')
+DEFAULT_DATA = osp.join('data', 'camvid_voc')  # tools/convert_camvid.py
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
