@@ -44,6 +44,7 @@ random label maps (seeded).
 """
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -52,7 +53,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -94,7 +95,8 @@ def config_method(method: str) -> str:
     return CONFIG_METHODS.get(method, method)
 
 
-class Row(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Row:
     """One benchmark row: a combination and its variant flags."""
     model: str
     setup: str
@@ -455,7 +457,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
               dynamic_ncols=True) as progress:
         for row in combos:
             progress.set_description(
-                f'{row.model} {row.setup} ' + method_label(row._asdict()))
+                f'{row.model} {row.setup} '
+                + method_label(dataclasses.asdict(row)))
             records.append(
                 run_combination(args, row.model, row.setup, row.method,
                                 row.eps, progress,
