@@ -27,8 +27,9 @@ INSTALL_REQUIRES = [
     'regex',
 ]
 
-#: what the configs (TensorBoard backend) and tools/ (plots, progress) use
-TOOLS_REQUIRE = ['tensorboard', 'matplotlib', 'tqdm']
+#: what the configs (TensorBoard backend) and tools/ (plots, progress,
+#: tables) use
+TOOLS_REQUIRE = ['tensorboard', 'matplotlib', 'tqdm', 'tabulate']
 
 EXTRAS_REQUIRE = {
     'tools': TOOLS_REQUIRE,
