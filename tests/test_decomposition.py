@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from benchmark_decomposition import low_rank_plus_noise  # tools/
 from mmseg_hosvd.ops import (SVDFactors, TuckerFactors, check_eps,
                              explained_variance_rank, hosvd,
                              hosvd_paper_elements, svd_paper_elements,
@@ -327,18 +328,6 @@ def test_eigh_convergence_failure_falls_back_to_the_same_factors(
     torch.testing.assert_close(got.reconstruct(), expected.reconstruct(),
                                atol=1e-5, rtol=1e-4)
     assert torch.float64 in calls
-
-
-def low_rank_plus_noise(shape, ranks, noise, seed):
-    """Unit-variance Tucker tensor of multilinear ``ranks`` plus Gaussian
-    noise of standard deviation ``noise``, float32."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(ranks, generator=generator)
-    for mode, (size, rank) in enumerate(zip(shape, ranks)):
-        factor = torch.randn(size, rank, generator=generator)
-        x = torch.tensordot(x, factor, dims=([mode], [1])).movedim(-1, mode)
-    x = x.contiguous() / x.std()
-    return x + noise * torch.randn(shape, generator=generator)
 
 
 def svd_truncation(x: torch.Tensor, ranks) -> torch.Tensor:

@@ -54,46 +54,32 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from mmseg_hosvd.camvid import (DEPTHS, METHODS, MODELS, SMOKE,  # noqa: E402
+from mmseg_hosvd.camvid import (DEFAULT_OUT, METHODS, MODELS, SMOKE,  # noqa: E402
+                                add_selection_arguments, resolve_data_root,
                                 SPLITS, dump_json, eval_cfg, evaluate,
                                 finetune_config, git_commit, load_json,
                                 markdown, pareto, pretrain_config, rel,
                                 run_cfg, sha256, stem, train)
 
 CONFIGS = osp.join(REPO, 'configs', 'camvid')
-DEFAULT_OUT = osp.join('work_dirs', 'camvid_experiment')
 DEFAULT_SMOKE_OUT = osp.join('work_dirs', 'camvid_experiment_smoke')
-DEFAULT_DATA = osp.join('data', 'camvid_voc')  # tools/convert_camvid.py
 
 
 # ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
-def asi_available() -> bool:
-    from mmseg_hosvd.ops import MODULE_METHODS
-    return 'asi' in MODULE_METHODS
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--models', nargs='+', choices=list(MODELS),
-                        default=list(MODELS))
-    parser.add_argument('--depths', nargs='+', choices=DEPTHS,
-                        default=list(DEPTHS))
-    parser.add_argument(
-        '--methods', nargs='+', choices=list(METHODS), default=None,
-        help='default: all (asi-eps0.8 only where mmseg_hosvd has the asi '
-        'method)')
+    add_selection_arguments(parser)
+    parser.add_argument('--methods', nargs='+', choices=list(METHODS),
+                        default=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[233, 234],
                         help='seeds of the 10L runs')
     parser.add_argument('--seeds-5l', type=int, default=1,
                         help='how many of --seeds the 5L runs use')
     parser.add_argument('--pretrain-seed', type=int, default=233)
-    parser.add_argument('--data-root', default=DEFAULT_DATA,
-                        help='the camvid_voc tree (relative: to the '
-                        'repository root)')
     parser.add_argument('--out', default=None,
                         help=f'output folder (relative: to the repository '
                         f'root); default {DEFAULT_OUT}, with --smoke '
@@ -119,15 +105,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='mmengine logs to the files only')
     args = parser.parse_args(argv)
 
-    if args.methods is None:
-        args.methods = [
-            m for m in METHODS
-            if METHODS[m][0] != 'asi' or asi_available()
-        ]
-    elif any(METHODS[m][0] == 'asi' for m in args.methods) and \
-            not asi_available():
-        parser.error('--methods asi-eps0.8: this mmseg_hosvd has no asi '
-                     'method')
     args.models = list(dict.fromkeys(args.models))
     args.depths = list(dict.fromkeys(args.depths))
     args.methods = list(dict.fromkeys(args.methods))
@@ -142,10 +119,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.out is None:
         args.out = DEFAULT_SMOKE_OUT if args.smoke else DEFAULT_OUT
     args.out = osp.abspath(osp.join(REPO, args.out))
-    args.data_root = osp.abspath(osp.join(REPO, args.data_root))
-    if not osp.isdir(osp.join(args.data_root, 'ImageSets', 'Segmentation')):
-        parser.error(f'--data-root {args.data_root!r}: not a camvid_voc '
-                     'tree (no ImageSets/Segmentation)')
+    args.data_root = resolve_data_root(parser, args.data_root, REPO)
     return args
 
 

@@ -32,31 +32,24 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 
 from mmseg_hosvd.bench import TrainingStep, fixed_batches  # noqa: E402
-from mmseg_hosvd.camvid import (DEPTHS, METHODS, MODELS,  # noqa: E402
+from mmseg_hosvd.camvid import (DEFAULT_OUT, METHODS, MODELS,  # noqa: E402
+                                add_selection_arguments, resolve_data_root,
                                 dump_json, finetune_config, pretrain_config,
                                 rel, set_data, stem)
 
 CONFIGS = osp.join(REPO, 'configs', 'camvid')
-DEFAULT_OUT = osp.join('work_dirs', 'camvid_experiment')
-DEFAULT_DATA = osp.join('data', 'camvid_voc')  # tools/convert_camvid.py
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--models', nargs='+', choices=list(MODELS),
-                        default=list(MODELS))
-    parser.add_argument('--depths', nargs='+', choices=DEPTHS,
-                        default=list(DEPTHS))
+    add_selection_arguments(parser)
     parser.add_argument('--methods', nargs='+', choices=list(METHODS),
                         default=[m for m in METHODS if m != 'vanilla'])
     parser.add_argument('--batches', type=int, default=4,
                         help='fixed target_train batches')
     parser.add_argument('--seed', type=int, default=233)
-    parser.add_argument('--data-root', default=DEFAULT_DATA,
-                        help='the camvid_voc tree (relative: to the '
-                        'repository root)')
     parser.add_argument('--out', default=DEFAULT_OUT,
                         help='the experiment\'s output folder (relative: to '
                         'the repository root)')
@@ -65,10 +58,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error('--batches must be >= 1')
     args.methods = [m for m in dict.fromkeys(args.methods) if m != 'vanilla']
     args.out = osp.abspath(osp.join(REPO, args.out))
-    args.data_root = osp.abspath(osp.join(REPO, args.data_root))
-    if not osp.isdir(osp.join(args.data_root, 'ImageSets', 'Segmentation')):
-        parser.error(f'--data-root {args.data_root!r}: not a camvid_voc '
-                     'tree (no ImageSets/Segmentation)')
+    args.data_root = resolve_data_root(parser, args.data_root, REPO)
     return args
 
 
