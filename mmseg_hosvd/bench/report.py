@@ -39,7 +39,8 @@ OP_GROUPS = (
      and k not in COMPRESSED_WEIGHTS),
     ('weight_sums', 'step weights', lambda k: k in COMPRESSED_WEIGHTS),
     ('loss', 'loss', lambda k: _op(k).startswith(
-        ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'Softmax'))),
+        ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'Softmax',
+         'ResizeCrossEntropy'))),
     ('other', 'other', lambda k: True),
 )
 
