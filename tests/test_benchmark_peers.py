@@ -4,6 +4,7 @@ measured ``step_peak_mib`` on every row."""
 import csv
 import inspect
 import json
+import math
 import re
 import os.path as osp
 
@@ -163,3 +164,46 @@ def test_checkpoint_gradients_equal_vanilla(lean_loss):
         torch.testing.assert_close(result[name], expected[name],
                                    rtol=1e-6, atol=1e-9, msg=name)
 
+
+
+def test_which_to_pick_preset_rows():
+    """``--preset which-to-pick``: the README table's rows, per model and
+    setup, whatever --methods/--lean-backward/--amp say."""
+    args = bm.parse_args(['--preset', 'which-to-pick', '--models', 'fcn',
+                          'upernet', '--setups', '10L', '--methods',
+                          'svd', '--amp'])
+    rows = bm.combinations(args)
+    expected = [
+        ('vanilla', None, 'off', False, False),
+        ('vanilla', None, 'exact', True, False),
+        ('checkpoint', None, 'off', False, False),
+        ('vanilla', None, 'off', False, True),
+        ('gradient_filter', None, 'exact', False, False),
+        ('hosvd', 0.8, 'exact', False, False),
+        ('hosvd', 0.8, 'all', True, False),
+        ('asi', 0.8, 'all', True, False),
+        ('hosvd', 0.8, 'all', True, True),
+    ]
+    assert [(r.method, r.eps, r.lean_backward, r.lean_loss, r.amp)
+            for r in rows] == expected * 2
+    assert [r.model for r in rows] == ['fcn'] * 9 + ['upernet'] * 9
+    assert {r.setup for r in rows} == {'10L'}
+
+
+def test_asi_rows_run_the_asi_leaf(tmp_path):
+    records = bm.main([
+        '--models', 'fcn', '--setups', '5L', '--methods', 'asi', '--eps',
+        '0.8', '--batch-size', '2', '--crop', '32', '32', '--iters', '1',
+        '--device', 'cpu', '--out', str(tmp_path)
+    ])
+    record, = records
+    assert record['method'] == 'asi' and record['eps'] == 0.8
+    assert record['config'].endswith(
+        'fcn_r18-d8_5l-asi-eps0.8_1xb8-20k_voc12aug-512x512.py')
+    assert record['step_peak_mib'] > 0
+    # the factors are smaller than the float32 inputs they stand for
+    input_mib = sum(4 * math.prod(layer['input_shape'])
+                    for layer in record['layers'].values()) / 2**20
+    assert 0 < record['kept_mib_mean'] < input_mib
+    assert all(layer['method'] == 'asi'
+               for layer in record['layers'].values())

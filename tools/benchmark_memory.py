@@ -68,6 +68,7 @@ from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
                                StepProbe, TrainingStep, dataset_batches,
                                leaf_config_path, load_leaf_config,
                                synthetic_batches)
+from mmseg_hosvd.bench.presets import PRESETS  # noqa: E402
 from mmseg_hosvd.bench.report import (OP_GROUPS,  # noqa: E402,F401
                                       group_shares, markdown_table,
                                       method_label, op_group, plot,
@@ -79,8 +80,9 @@ from mmseg_hosvd.peak_memory import PeakMemoryMeter  # noqa: E402
 CONFIGS = osp.join(REPO, 'configs')
 DEFAULT_OUT = osp.join(REPO, 'work_dirs', 'benchmark_memory')
 
-METHODS = ('vanilla', 'checkpoint', 'gradient_filter', 'svd', 'hosvd')
-LOW_RANK = ('svd', 'hosvd')
+METHODS = ('vanilla', 'checkpoint', 'gradient_filter', 'svd', 'hosvd',
+           'asi')
+LOW_RANK = ('svd', 'hosvd', 'asi')
 #: methods that run another method's leaf config (plus model surgery)
 CONFIG_METHODS = {'checkpoint': 'vanilla'}
 #: placement of ``checkpoint``'s torch.utils.checkpoint: one per block
@@ -142,6 +144,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--amp', action='store_true',
         help='give each row an amp twin: bf16 autocast on the CPU, '
         'AmpOptimWrapper (float16) on CUDA')
+    parser.add_argument(
+        '--preset', choices=list(PRESETS), default=None,
+        help='run this named row set for every model and setup instead of '
+        'the cross product of --methods, --eps, --lean-backward, '
+        '--lean-loss and --amp (which-to-pick: vanilla, vanilla with '
+        'lean_backward exact + lean loss, checkpoint, vanilla amp, '
+        'gradient filter, hosvd 0.8 exact, hosvd 0.8 all + lean loss, asi '
+        '0.8 all + lean loss, hosvd 0.8 all + lean loss amp)')
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--crop', nargs=2, type=positive_int,
                         default=[512, 512], metavar=('H', 'W'))
@@ -422,6 +432,13 @@ def combinations(args) -> List[Row]:
     """The rows in run order: the variants (lean_backward modes, lean loss
     off/on, the amp twin) of one combination next to each other."""
     combos = []
+    if args.preset is not None:
+        return [
+            Row(model, setup, row.method, row.eps, row.lean_backward,
+                row.lean_loss, row.amp)
+            for model, setup in itertools.product(args.models, args.setups)
+            for row in PRESETS[args.preset]
+        ]
     amps = [False, True] if args.amp else [False]
     for model, setup, method in itertools.product(args.models, args.setups,
                                                   args.methods):

@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 MODELS = {
     'deeplabv3-m': ('mobilenet_v2', 'mobilenet-v2-d8_deeplabv3', 'DLV3-M'),
     'fcn': ('fcn', 'fcn_r18-d8', 'FCN'),
+    'segformer': ('segformer', 'segformer_mit-b0', 'SegFormer-B0'),
 }
 DEPTHS = ('5l', '10l')
 #: method choice (leaf tag) -> (hook method, eps)
