@@ -86,3 +86,19 @@ def test_printed_tables(tmp_path, capsys):
                     lines[2])
     assert '## fcn 5L: batch 1, crop 32x32, 1 measured rounds' in captured.out
     assert 'round 2/2 measured: vanilla, lean exact' in captured.err
+
+
+def test_lean_loss_reaches_every_contender():
+    args = bs.parse_args(['--models', 'fcn', '--setups', '5L', '--methods',
+                          'vanilla', 'hosvd', '--lean-loss', '--batch-size',
+                          '1', '--crop', '32', '32', '--device', 'cpu'])
+    from mmseg.utils import register_all_modules
+    from mmseg_hosvd.lean_loss import LeanLossEncoderDecoder
+    register_all_modules()
+    for method in args.methods:
+        contender = bs.Contender(method, 'fcn', '5L', args)
+        assert isinstance(contender.model, LeanLossEncoderDecoder), method
+    args = bs.parse_args(['--models', 'fcn', '--setups', '5L', '--crop',
+                          '32', '32', '--device', 'cpu'])
+    assert not isinstance(bs.Contender('hosvd', 'fcn', '5L', args).model,
+                          LeanLossEncoderDecoder)

@@ -102,6 +102,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=['exact'], metavar='MODE',
         help='lean_backward modes: every method runs with each (any of '
         f'{", ".join(LEAN_BACKWARD_MODES)}), all round-robin')
+    parser.add_argument(
+        '--lean-loss', action='store_true',
+        help="set the compression hook's lean_loss for every method (the "
+        "decode heads' resize + cross-entropy keep only the low-resolution "
+        'logits)')
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--crop', nargs=2, type=positive_int,
                         default=[256, 256], metavar=('H', 'W'))
@@ -183,6 +188,7 @@ class Contender:
         hook_cfg = cfg.default_hooks.compression
         hook_cfg.method = method
         hook_cfg.lean_backward = lean_backward
+        hook_cfg.lean_loss = args.lean_loss
         if method in EPS_METHODS:
             hook_cfg.eps = args.eps
         if method == 'asi':
@@ -467,7 +473,8 @@ def run(args, model_name: str, setup: str) -> dict:
                    platform.machine())
     print(f'\n## {model_name} {setup}: batch {args.batch_size}, crop '
           f'{args.crop[0]}x{args.crop[1]}, {args.iters} measured rounds '
-          f'after {args.warmup} warm-up\n')
+          f'after {args.warmup} warm-up, lean loss '
+          f'{"on" if args.lean_loss else "off"}\n')
     print(f'config `{osp.relpath(contenders[0].config, REPO)}` (method/eps '
           'replaced); weights: '
           f'{args.checkpoint or "random init (seed %d)" % args.seed}'
