@@ -101,7 +101,9 @@ def cheapest_tucker_split(ranks: Sequence[int], shape: Sequence[int],
 
 
 def tucker_linear_weight_grad(factors: TuckerFactors,
-                              grad_output: Tensor) -> Tensor:
+                              grad_output: Tensor,
+                              projected: Optional[Sequence[int]] = None
+                              ) -> Tensor:
     """grad_weight ``(O, C)`` from the Tucker factors of the natural view
     ``(D0, D1, D2, C)`` of the input and grad_output's view ``(D0, D1, D2,
     O)``, in the factors' dtype, without rebuilding the input.
@@ -109,13 +111,15 @@ def tucker_linear_weight_grad(factors: TuckerFactors,
     ``sum_d g[d, o] x[d, c]``: grad_output is projected on the bases of some
     modes, the core expanded along the others (the split with the fewest
     FLOPs), both are contracted over those three modes into ``(O, K_C)``,
-    then mapped to the channels by ``U_C``.
+    then mapped to the channels by ``U_C``. ``projected`` forces the modes
+    grad_output is projected on (a subset of 0..2; None: the cheapest).
     """
     core, *bases = factors.tensors()
     grad = grad_output.to(core.dtype)
     out_features = grad.shape[-1]
-    projected = cheapest_tucker_split(factors.ranks, factors.shape,
-                                      out_features)
+    if projected is None:
+        projected = cheapest_tucker_split(factors.ranks, factors.shape,
+                                          out_features)
     grad_part = multi_mode_product(grad,
                                    {mode: bases[mode] for mode in projected})
     core_part = multi_mode_product(core, {
