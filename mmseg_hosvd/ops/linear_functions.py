@@ -40,7 +40,8 @@ CHANNEL_FIRST = (0, 3, 1, 2)
 
 
 def check_linear_input(input: Tensor, name: str = '') -> None:
-    """ValueError unless ``input`` has 2 to 4 dims (:data:`LINEAR_INPUT_DIMS`)."""
+    """ValueError (naming layer ``name``) unless ``input`` has 2 to 4 dims
+    (:data:`LINEAR_INPUT_DIMS`)."""
     if input.dim() not in LINEAR_INPUT_DIMS:
         layer = f'CompressedLinear {name!r}: ' if name else ''
         raise ValueError(
@@ -76,7 +77,10 @@ def tucker_split_flops(ranks: Sequence[int], shape: Sequence[int],
     the core expanded along the other non-channel modes."""
     grad_shape = tuple(shape[:3]) + (out_features, )
     to_rank = {mode: ranks[mode] for mode in projected}
-    expanded = {mode: shape[mode] for mode in range(3) if mode not in projected}
+    expanded = {
+        mode: shape[mode]
+        for mode in range(3) if mode not in projected
+    }
     grad_flops = mode_chain_flops(grad_shape, to_rank,
                                   cheapest_mode_order(grad_shape, to_rank))
     core_flops = mode_chain_flops(ranks, expanded,
