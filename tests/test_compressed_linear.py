@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from mmseg_hosvd.ops import (COMPRESSED_BACKWARD_NODES, LINEAR_METHODS,
                              CompressedConv2d, CompressedLinear,
                              CompressionContext, SubspaceTracker,
-                             hosvd, hosvd_paper_elements, truncated_svd)
+                             explained_variance_rank, hosvd,
+                             hosvd_paper_elements)
 from mmseg_hosvd.ops.linear_functions import (channel_first, natural_view,
+                                              row_truncated_svd,
                                               svd_linear_weight_grad,
                                               tucker_linear_weight_grad)
 
@@ -84,7 +86,9 @@ def test_full_rank_gradients_are_exact(method, shape, bias):
         stats = compressed.last_stats
         assert stats.input_shape == SHAPES[shape]
         view = channel_first(natural_view(x).shape)
-        assert stats.ranks == (view if method != 'svd' else (x.shape[0], ))
+        rows = x.shape[0]
+        assert stats.ranks == (view if method != 'svd' else
+                               (min(rows, x.numel() // rows), ))
 
 
 # ----------------------------------------------------- eps < 1 consistency
@@ -105,21 +109,48 @@ def test_low_rank_weight_grad_matches_reconstruction(method, shape):
     compressed.context = context  # asi: the first step keeps HOSVD factors
     x, grad_output = inputs(SHAPES[shape], seed=3)
     view = natural_view(x)
-    factors = (truncated_svd if method == 'svd' else hosvd)(view, 0.7)
-    ranks = (factors.rank, ) if method == 'svd' else channel_first(
-        factors.ranks)
-    assert ranks != ((x.shape[0], ) if method == 'svd' else channel_first(
-        view.shape))  # truncated
-    expected_weight = reconstruction_weight_grad(factors.reconstruct(),
-                                                 x.shape, grad_output)
+    if method == 'svd':
+        rank, reconstruction = reference_svd(x, 0.7)
+        ranks = (rank, )
+        assert rank < min(x.shape[0], x.numel() // x.shape[0])  # truncated
+    else:
+        factors = hosvd(view, 0.7)
+        ranks = channel_first(factors.ranks)
+        reconstruction = factors.reconstruct()
+        assert factors.ranks != view.shape  # truncated
+    expected_weight = reconstruction_weight_grad(reconstruction, x.shape,
+                                                 grad_output)
     expected_out, expected = grads(linear, linear, x, grad_output)
     output, actual = grads(compressed, linear, x, grad_output)
     assert compressed.last_stats.ranks == ranks
-    assert compressed.last_stats.paper_elements == factors.paper_elements()
     assert torch.equal(output, expected_out)
     torch.testing.assert_close(actual[0], expected[0], rtol=1e-12, atol=0)
     torch.testing.assert_close(actual[2], expected[2])
     torch.testing.assert_close(actual[1], expected_weight, rtol=0, atol=1e-10)
+
+
+def reference_svd(x, eps):
+    """Rank by the eps rule and truncated reconstruction of the ``(D0,
+    rest)`` reshape of ``x``, by ``torch.linalg.svd``."""
+    matrix = x.reshape(x.shape[0], -1)
+    left, values, right = torch.linalg.svd(matrix, full_matrices=False)
+    rank = int(explained_variance_rank(values.square(), eps))
+    return rank, (left[:, :rank] * values[:rank]) @ right[:rank]
+
+
+@pytest.mark.parametrize('shape', [(40, 6), (6, 40), (30, 2, 3)])
+@pytest.mark.parametrize('eps', [0.6, 1.0])
+def test_row_svd_takes_the_smaller_gram(shape, eps):
+    x = torch.randn(shape, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(5))
+    factors = row_truncated_svd(natural_view(x), eps)
+    rank, reconstruction = reference_svd(x, eps)
+    assert factors.rank == rank <= min(shape[0], x.numel() // shape[0])
+    assert factors.left.shape == (shape[0], rank)
+    torch.testing.assert_close(factors.left.T @ factors.left,
+                               torch.eye(rank, dtype=torch.float64))
+    torch.testing.assert_close(factors.reconstruct().reshape(x.shape),
+                               reconstruction.reshape(x.shape))
 
 
 @pytest.mark.parametrize('projected', [
@@ -140,7 +171,7 @@ def test_every_tucker_split_gives_the_same_weight_grad(projected):
 
 def test_svd_weight_grad_matches_reconstruction():
     x, grad_output = inputs((6, 4, 6), seed=7)
-    factors = truncated_svd(natural_view(x), 0.6)
+    factors = row_truncated_svd(natural_view(x), 0.6)
     assert factors.rank < x.shape[0]
     expected = reconstruction_weight_grad(factors.reconstruct(), x.shape,
                                           grad_output)

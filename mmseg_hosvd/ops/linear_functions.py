@@ -26,7 +26,10 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .decomposition import SVDFactors, TuckerFactors
+from .decomposition import (NON_FINITE_MESSAGE, SVDFactors, TuckerFactors,
+                            check_eps, decomposition_dtype,
+                            explained_variance_rank, truncated_svd)
+from .eigen import eigh_descending, single_threaded_lapack
 from .methods import ASI
 from .unfolding import (cheapest_mode_order, mode_chain_flops,
                         multi_mode_product)
@@ -64,6 +67,40 @@ def channel_first(values: Sequence[int]) -> Tuple[int, ...]:
     """Per-mode ``values`` of the natural view in the channel-first order
     ``(D0, C, D1, D2)`` (:data:`CHANNEL_FIRST`)."""
     return tuple(values[mode] for mode in CHANNEL_FIRST)
+
+
+def row_truncated_svd(x: Tensor, eps: float) -> SVDFactors:
+    """Truncated SVD of the ``(D0, D1*D2*C)`` reshape of the natural view
+    ``x`` at ``eps``, through the smaller of its two Gram matrices.
+
+    :func:`~.decomposition.truncated_svd` (the ``D0 x D0`` row Gram) when
+    ``D0`` is at most the column count; otherwise (an ``(M, C)`` input with
+    many rows) the column Gram gives the leading right singular vectors
+    ``V``, and ``left`` is the orthonormalised ``X V`` (QR), ``right =
+    left^T X``: the same truncation, rank at most ``min(D0, D1*D2*C)``
+    (``eps == 1`` keeps that many, exactly). One host synchronisation.
+    Raises FloatingPointError if ``x`` contains NaN/Inf.
+    """
+    rows = x.shape[0]
+    columns = x.numel() // max(rows, 1)
+    if rows <= columns:
+        return truncated_svd(x, eps)
+    eps = check_eps(eps)
+    data = x.detach().to(decomposition_dtype(x.dtype))
+    matrix = data.reshape(rows, columns)
+    gram = matrix.T @ matrix
+    finite = torch.isfinite(gram).all()
+    (eigenvalues, ), (eigenvectors, ) = eigh_descending(
+        [torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)])
+    rank, is_finite = torch.stack(
+        [explained_variance_rank(eigenvalues, eps), finite.long()]).tolist()
+    if not is_finite:
+        raise FloatingPointError(NON_FINITE_MESSAGE)
+    leading = eigenvectors[:, -rank:].flip(-1)  # (columns, K), descending
+    with single_threaded_lapack(data.device):
+        left = torch.linalg.qr(matrix @ leading).Q.contiguous()
+    return SVDFactors(left=left, right=left.T @ matrix,
+                      shape=tuple(data.shape))
 
 
 # ---------------------------------------------------------------------------
