@@ -1,5 +1,6 @@
 """Tests of mmseg_hosvd.ops.linear and .linear_functions (CompressedLinear:
 HOSVD/SVD/ASI autograd on (M, C), (D0, D1, C) and (B, H, W, C) inputs)."""
+import copy
 import itertools
 
 import pytest
@@ -282,6 +283,8 @@ def test_from_linear_shares_parameters_and_state_dict_keys(kind, bias):
     assert type(plain) is nn.Linear
     assert plain.weight is linear.weight and plain.bias is linear.bias
     assert not plain.training
+    copied = copy.deepcopy(compressed)
+    assert copied.method == 'svd' and copied.weight is not linear.weight
     fresh = nn.Linear(6, 4, bias=bias)
     fresh.load_state_dict(compressed.state_dict(), strict=True)
     assert torch.equal(fresh.weight, linear.weight)
@@ -367,6 +370,25 @@ def test_non_finite_skip_keeps_nothing(method):
     torch.testing.assert_close(actual[2], expected[2])
     stats = compressed.last_stats
     assert stats.non_finite is True and stats.kept_bytes == 0
+
+
+def test_asi_non_finite_input():
+    """First step: skipped (NaN grad_weight); later steps: NaN factors,
+    flagged without a host sync."""
+    linear = make_linear(dtype=torch.float32)
+    compressed = CompressedLinear.from_linear(linear, 'asi', eps=0.9,
+                                              name='fc', non_finite='skip')
+    x, grad_output = inputs((3, 4, 6), dtype=torch.float32)
+    bad = x.clone()
+    bad[0, 1, 2] = float('nan')
+    _, first = grads(compressed, linear, bad, grad_output)
+    assert torch.isnan(first[1]).all() and torch.isfinite(first[0]).all()
+    assert compressed.last_stats.non_finite is True
+    grads(compressed, linear, x, grad_output)  # first finite step
+    assert not bool(compressed.last_stats.non_finite)
+    _, later = grads(compressed, linear, bad, grad_output)
+    assert bool(compressed.last_stats.non_finite)
+    assert torch.isnan(later[1]).any() and torch.isfinite(later[0]).all()
 
 
 @pytest.mark.parametrize('method', LINEAR_METHODS)
