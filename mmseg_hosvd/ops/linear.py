@@ -16,9 +16,9 @@ tensor of its own memory order, channel last (a view, never a copy of the
 input):
 
 * ``(M, C)`` -> ``(M, 1, 1, C)``;
-* ``(D0, D1, C)`` -> ``(D0, D1, 1, C)``: tokens ``(B, N, C)``, or ``(N, B,
-  C)`` as ``nn.MultiheadAttention`` passes them (Tucker is symmetric in its
-  modes, so both give the same HOSVD);
+* ``(D0, D1, C)`` -> ``(D0, D1, 1, C)``: tokens ``(B, N, C)``, or
+  sequence first ``(N, B, C)`` (Tucker is symmetric in its modes, so both
+  give the same HOSVD);
 * ``(B, H, W, C)`` (Swin/ConvNeXt) as is.
 
 The linear is then a 1x1 conv of the channel-first view ``(D0, C, D1, D2)``
@@ -36,6 +36,10 @@ Cost of ``eps == 1`` (tests): every Tucker mode is kept whole, an ``(M,
 C)`` input keeps an ``M x M`` factor; below 1, a mode larger than the
 product of the others (the rows of ``(M, C)``) takes its basis from the
 smaller dual Gram.
+
+Note: ``nn.MultiheadAttention`` never calls its ``out_proj`` module (it
+passes ``out_proj.weight`` to ``F.linear`` itself), so replacing that
+module by a :class:`CompressedLinear` compresses nothing.
 
 The forward output is always the exact ``F.linear``; grad_input and
 grad_bias are exact; grad_weight comes from the factors. A non-finite input
