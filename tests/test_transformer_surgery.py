@@ -164,9 +164,13 @@ def test_compressed_mha_keeps_what_plain_keeps():
 
 def test_num_layers_order_includes_out_projections(segformer, swin):
     def trace(model):
-        with torch.no_grad():
-            return layer_execution_order(
-                model, lambda: model(torch.zeros(1, 3, 64, 64), mode='tensor'))
+        model.eval()
+        try:
+            with torch.no_grad():
+                return layer_execution_order(model, lambda: model(
+                    torch.zeros(1, 3, 64, 64), mode='tensor'))
+        finally:
+            model.train()
 
     order = trace(segformer)
     assert order[-12:-4] == [

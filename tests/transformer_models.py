@@ -22,8 +22,9 @@ PREPROCESSOR = dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                     pad_val=0, seg_pad_val=255, size=CROP)
 
 
-def segformer_cfg() -> dict:
-    """MiT with 4 stages of one layer each, 16-16-32-32 channels."""
+def segformer_cfg(drop: float = 0.0) -> dict:
+    """MiT with 4 stages of one layer each, 16-16-32-32 channels;
+    ``drop``: its dropout and attention-dropout rates."""
     return dict(
         type='EncoderDecoder',
         data_preprocessor=PREPROCESSOR,
@@ -31,8 +32,8 @@ def segformer_cfg() -> dict:
                       embed_dims=16, num_stages=4, num_layers=[1, 1, 1, 1],
                       num_heads=[1, 1, 2, 2], patch_sizes=[7, 3, 3, 3],
                       sr_ratios=[4, 2, 1, 1], out_indices=(0, 1, 2, 3),
-                      mlp_ratio=2, qkv_bias=True, drop_rate=0.0,
-                      attn_drop_rate=0.0, drop_path_rate=0.0),
+                      mlp_ratio=2, qkv_bias=True, drop_rate=drop,
+                      attn_drop_rate=drop, drop_path_rate=0.0),
         decode_head=dict(type='SegformerHead', in_channels=[16, 16, 32, 32],
                          in_index=[0, 1, 2, 3], channels=16, dropout_ratio=0.1,
                          num_classes=NUM_CLASSES,
@@ -44,8 +45,9 @@ def segformer_cfg() -> dict:
         train_cfg=dict(), test_cfg=dict(mode='whole'))
 
 
-def swin_cfg(depths=(1, 1, 1, 1)) -> dict:
-    """Swin with ``embed_dims=24``, one head per stage, window 4."""
+def swin_cfg(depths=(1, 1, 1, 1), drop: float = 0.0) -> dict:
+    """Swin with ``embed_dims=24``, one head per stage, window 4;
+    ``drop``: its dropout and attention-dropout rates."""
     return dict(
         type='EncoderDecoder',
         data_preprocessor=PREPROCESSOR,
@@ -53,7 +55,7 @@ def swin_cfg(depths=(1, 1, 1, 1)) -> dict:
                       embed_dims=24, patch_size=4, window_size=4, mlp_ratio=2,
                       depths=depths, num_heads=(1, 1, 1, 1),
                       strides=(4, 2, 2, 2), out_indices=(0, 1, 2, 3),
-                      qkv_bias=True, drop_rate=0.0, attn_drop_rate=0.0,
+                      qkv_bias=True, drop_rate=drop, attn_drop_rate=drop,
                       drop_path_rate=0.0, patch_norm=True,
                       act_cfg=dict(type='GELU'),
                       norm_cfg=dict(type='LN')),

@@ -326,7 +326,8 @@ class ActivationCompressionHook(Hook):
 
     def _trace_forward(self, model: torch.nn.Module) -> None:
         param = next(model.parameters())
-        inputs = torch.zeros(1, 3, *self.trace_size, device=param.device)
+        inputs = torch.zeros(1, 3, *self.trace_size, device=param.device,
+                             dtype=param.dtype)
         was_training = model.training
         model.eval()
         try:
