@@ -113,3 +113,29 @@ def test_dropout_masks_bits_and_p0_saves_nothing():
                 lambda t: t):
             module.train()(x)
         assert sum(saved) == (0 if p == 0 else x.numel() // 8)
+
+
+def test_breakdown_names_transformer_ops():
+    """The benchmark's groups name what a Swin step keeps: attention
+    probabilities, LayerNorm and GELU inputs, compressed linear factors,
+    plain linear inputs."""
+    from mmseg_hosvd.bench.report import group_shares, op_group
+    from mmseg_hosvd.profiling import saved_breakdown
+    model = tm.build('swin', drop=0.2)
+    hook = ActivationCompressionHook(method='hosvd', num_layers=14)
+    hook.install(model)
+    model.train()
+    hook.set_norm_eval()
+    data = model.data_preprocessor(tm.batch(), True)
+    losses = model(**data, mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    state = list(model.parameters()) + list(model.buffers())
+    by_saved = {k: v['bytes'] for k, v in saved_breakdown(
+        loss, state).to_dict()['by_saved'].items()}
+    groups = group_shares(by_saved)
+    for group in ('attention', 'layer_norm', 'gelu', 'compressed_linear',
+                  'dropout_mask'):
+        assert groups[group] > 0, (group, groups)
+    x = torch.randn(3, 4, requires_grad=True)
+    plain = nn.Linear(4, 2)(x).grad_fn
+    assert op_group(f'{plain.name()}._saved_mat1') == 'linear'
