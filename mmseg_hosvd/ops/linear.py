@@ -16,9 +16,9 @@ tensor of its own memory order, channel last (a view, never a copy of the
 input):
 
 * ``(M, C)`` -> ``(M, 1, 1, C)``;
-* ``(D0, D1, C)`` -> ``(D0, D1, 1, C)``: tokens ``(B, N, C)``, or ``(N, B,
-  C)`` as ``nn.MultiheadAttention`` passes them (Tucker is symmetric in its
-  modes, so both give the same HOSVD);
+* ``(D0, D1, C)`` -> ``(D0, D1, 1, C)``: tokens ``(B, N, C)``, or
+  sequence first ``(N, B, C)`` (Tucker is symmetric in its modes, so both
+  give the same HOSVD);
 * ``(B, H, W, C)`` (Swin/ConvNeXt) as is.
 
 The linear is then a 1x1 conv of the channel-first view ``(D0, C, D1, D2)``
@@ -27,8 +27,19 @@ in :attr:`~.accounting.CompressionStats.ranks` are listed in that order,
 as a conv's ``(K_B, K_C, K_H, K_W)``, while
 :attr:`~.accounting.CompressionStats.input_shape` is the input's own shape.
 SVD's rows are the input's dim 0 (``B`` of ``(B, N, C)``, ``N`` of ``(N,
-B, C)``, ``M`` of ``(M, C)``): it truncates the ``(D0, D1*D2*C)`` reshape
-through its ``D0 x D0`` Gram, so a large dim 0 means a large Gram.
+B, C)``, ``M`` of ``(M, C)``): it truncates the ``(D0, D1*D2*C)``
+reshape, through the smaller of its two Gram matrices
+(:func:`~.linear_functions.row_truncated_svd`), so its rank is at most
+``min(D0, D1*D2*C)``.
+
+Cost of ``eps == 1`` (tests): every Tucker mode is kept whole, an ``(M,
+C)`` input keeps an ``M x M`` factor; below 1, a mode larger than the
+product of the others (the rows of ``(M, C)``) takes its basis from the
+smaller dual Gram.
+
+Note: ``nn.MultiheadAttention`` never calls its ``out_proj`` module (it
+passes ``out_proj.weight`` to ``F.linear`` itself), so replacing that
+module by a :class:`CompressedLinear` compresses nothing.
 
 The forward output is always the exact ``F.linear``; grad_input and
 grad_bias are exact; grad_weight comes from the factors. A non-finite input
@@ -44,11 +55,12 @@ from torch import Tensor
 from .accounting import (CompressionStats, non_finite_flag, storage_bytes,
                          storage_keys)
 from .context import CompressionContext
-from .decomposition import TuckerFactors, check_eps, hosvd, truncated_svd
+from .decomposition import TuckerFactors, check_eps, hosvd
 from .functional import Factors, autocast_arguments
 from .linear_functions import (LinearLowRankSpec, _LowRankLinearFunction,
                                _NonFiniteLinearFunction, channel_first,
-                               check_linear_input, natural_view)
+                               check_linear_input, natural_view,
+                               row_truncated_svd)
 from .methods import ASI, VANILLA, check_linear_method, check_non_finite
 
 #: tags the shared-input cache's configurations of linear layers: their
@@ -273,7 +285,7 @@ class CompressedLinear(nn.Linear):
             if self.method == ASI:
                 return self.context.subspaces.decompose(
                     self.name, activation, self.eps)
-            factorize = hosvd if self.method == 'hosvd' else truncated_svd
+            factorize = hosvd if self.method == 'hosvd' else row_truncated_svd
             return factorize(activation, self.eps)
         except FloatingPointError as error:
             if self.non_finite == 'skip':

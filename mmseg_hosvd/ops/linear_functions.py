@@ -26,7 +26,10 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .decomposition import SVDFactors, TuckerFactors
+from .decomposition import (NON_FINITE_MESSAGE, SVDFactors, TuckerFactors,
+                            check_eps, decomposition_dtype,
+                            explained_variance_rank, truncated_svd)
+from .eigen import eigh_descending, single_threaded_lapack
 from .methods import ASI
 from .unfolding import (cheapest_mode_order, mode_chain_flops,
                         multi_mode_product)
@@ -40,7 +43,8 @@ CHANNEL_FIRST = (0, 3, 1, 2)
 
 
 def check_linear_input(input: Tensor, name: str = '') -> None:
-    """ValueError unless ``input`` has 2 to 4 dims (:data:`LINEAR_INPUT_DIMS`)."""
+    """ValueError (naming layer ``name``) unless ``input`` has 2 to 4 dims
+    (:data:`LINEAR_INPUT_DIMS`)."""
     if input.dim() not in LINEAR_INPUT_DIMS:
         layer = f'CompressedLinear {name!r}: ' if name else ''
         raise ValueError(
@@ -65,6 +69,40 @@ def channel_first(values: Sequence[int]) -> Tuple[int, ...]:
     return tuple(values[mode] for mode in CHANNEL_FIRST)
 
 
+def row_truncated_svd(x: Tensor, eps: float) -> SVDFactors:
+    """Truncated SVD of the ``(D0, D1*D2*C)`` reshape of the natural view
+    ``x`` at ``eps``, through the smaller of its two Gram matrices.
+
+    :func:`~.decomposition.truncated_svd` (the ``D0 x D0`` row Gram) when
+    ``D0`` is at most the column count; otherwise (an ``(M, C)`` input with
+    many rows) the column Gram gives the leading right singular vectors
+    ``V``, and ``left`` is the orthonormalised ``X V`` (QR), ``right =
+    left^T X``: the same truncation, rank at most ``min(D0, D1*D2*C)``
+    (``eps == 1`` keeps that many, exactly). One host synchronisation.
+    Raises FloatingPointError if ``x`` contains NaN/Inf.
+    """
+    rows = x.shape[0]
+    columns = x.numel() // max(rows, 1)
+    if rows <= columns:
+        return truncated_svd(x, eps)
+    eps = check_eps(eps)
+    data = x.detach().to(decomposition_dtype(x.dtype))
+    matrix = data.reshape(rows, columns)
+    gram = matrix.T @ matrix
+    finite = torch.isfinite(gram).all()
+    (eigenvalues, ), (eigenvectors, ) = eigh_descending(
+        [torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)])
+    rank, is_finite = torch.stack(
+        [explained_variance_rank(eigenvalues, eps), finite.long()]).tolist()
+    if not is_finite:
+        raise FloatingPointError(NON_FINITE_MESSAGE)
+    leading = eigenvectors[:, -rank:].flip(-1)  # (columns, K), descending
+    with single_threaded_lapack(data.device):
+        left = torch.linalg.qr(matrix @ leading).Q.contiguous()
+    return SVDFactors(left=left, right=left.T @ matrix,
+                      shape=tuple(data.shape))
+
+
 # ---------------------------------------------------------------------------
 # weight-gradient maths
 # ---------------------------------------------------------------------------
@@ -76,7 +114,10 @@ def tucker_split_flops(ranks: Sequence[int], shape: Sequence[int],
     the core expanded along the other non-channel modes."""
     grad_shape = tuple(shape[:3]) + (out_features, )
     to_rank = {mode: ranks[mode] for mode in projected}
-    expanded = {mode: shape[mode] for mode in range(3) if mode not in projected}
+    expanded = {
+        mode: shape[mode]
+        for mode in range(3) if mode not in projected
+    }
     grad_flops = mode_chain_flops(grad_shape, to_rank,
                                   cheapest_mode_order(grad_shape, to_rank))
     core_flops = mode_chain_flops(ranks, expanded,
@@ -101,7 +142,9 @@ def cheapest_tucker_split(ranks: Sequence[int], shape: Sequence[int],
 
 
 def tucker_linear_weight_grad(factors: TuckerFactors,
-                              grad_output: Tensor) -> Tensor:
+                              grad_output: Tensor,
+                              projected: Optional[Sequence[int]] = None
+                              ) -> Tensor:
     """grad_weight ``(O, C)`` from the Tucker factors of the natural view
     ``(D0, D1, D2, C)`` of the input and grad_output's view ``(D0, D1, D2,
     O)``, in the factors' dtype, without rebuilding the input.
@@ -109,13 +152,15 @@ def tucker_linear_weight_grad(factors: TuckerFactors,
     ``sum_d g[d, o] x[d, c]``: grad_output is projected on the bases of some
     modes, the core expanded along the others (the split with the fewest
     FLOPs), both are contracted over those three modes into ``(O, K_C)``,
-    then mapped to the channels by ``U_C``.
+    then mapped to the channels by ``U_C``. ``projected`` forces the modes
+    grad_output is projected on (a subset of 0..2; None: the cheapest).
     """
     core, *bases = factors.tensors()
     grad = grad_output.to(core.dtype)
     out_features = grad.shape[-1]
-    projected = cheapest_tucker_split(factors.ranks, factors.shape,
-                                      out_features)
+    if projected is None:
+        projected = cheapest_tucker_split(factors.ranks, factors.shape,
+                                          out_features)
     grad_part = multi_mode_product(grad,
                                    {mode: bases[mode] for mode in projected})
     core_part = multi_mode_product(core, {
