@@ -207,3 +207,21 @@ def test_asi_rows_run_the_asi_leaf(tmp_path):
     assert 0 < record['kept_mib_mean'] < input_mib
     assert all(layer['method'] == 'asi'
                for layer in record['layers'].values())
+
+
+def test_per_round_ratios_by_hand():
+    from mmseg_hosvd.bench import per_round_ratios
+    times = [[2.0, 4.0, 1.0], [3.0, 4.0, 3.0], [1.0, 1.0, 0.25]]
+    # row 1: 1.5, 1.0, 3.0 -> 1.5; row 2: 0.5, 0.25, 0.25 -> 0.25
+    assert per_round_ratios(times) == [1.0, 1.5, 0.25]
+    assert per_round_ratios(times, reference=1)[1] == 1.0
+
+
+def test_rows_of_a_table_carry_their_per_round_time_ratio(peers):
+    _, records = peers
+    assert records[0]['step_time_ratio_per_round'] == 1.0
+    for record in records:
+        assert len(record['step_time_s']) == record['iters'] == 1
+        first = records[0]['step_time_s'][0]
+        assert record['step_time_ratio_per_round'] == pytest.approx(
+            record['step_time_s'][0] / first)

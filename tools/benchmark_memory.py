@@ -1,28 +1,34 @@
 """Activation memory of real fine-tuning steps, per model, setup and method.
 
 For every combination of ``--models`` x ``--setups`` x ``--methods`` (x
-``--eps`` for SVD/HOSVD) it builds the model, its plugin hooks and its optim
-wrapper from the 5L/10L leaf config under ``configs/`` with
-:class:`mmseg_hosvd.bench.TrainingStep` (mmengine's ``MODELS.build``,
-``HOOKS.build`` + ``install``, ``build_optim_wrapper``) and runs one warm-up
-step, one step inside a :class:`mmseg_hosvd.peak_memory.PeakMemoryMeter`
-and ``--iters`` measured real ``model.train_step`` calls (data preprocessor,
-``mode='loss'``, backward, the config's gradient clipping and optimizer
-step), measured from the outside by :class:`mmseg_hosvd.bench.StepProbe`,
+``--eps`` for SVD/HOSVD/ASI), or every row of a ``--preset``, it builds the
+model, its plugin hooks and its optim wrapper from the 5L/10L leaf config
+under ``configs/`` with :class:`mmseg_hosvd.bench.TrainingStep`
+(mmengine's ``MODELS.build``, ``HOOKS.build`` + ``install``,
+``build_optim_wrapper``). Each row (:class:`mmseg_hosvd.bench.MemoryRow`)
+runs one warm-up step and one step inside a
+:class:`mmseg_hosvd.peak_memory.PeakMemoryMeter`; then the rows of one
+model and setup run ``--iters`` measured real ``model.train_step`` calls
+(data preprocessor, ``mode='loss'``, backward, the config's gradient
+clipping and optimizer step) round-robin, one row after the other in each
+round, so that a load drifting during the run slows all rows alike. They
+are measured from the outside by :class:`mmseg_hosvd.bench.StepProbe`,
 recording
 
 * ``step_peak_mib``: the peak memory of one whole step (forward, backward,
   optimizer step) above what was held before it (CPU: the profiler's
   allocation events; CUDA: ``max_memory_allocated``), untimed;
-* the paper's activation count of the compressed/counted convs (fp32, MiB =
+* the paper's activation count of the compressed/counted layers (fp32, MiB =
   2**20 bytes; mean and peak over the iterations) and the bytes those layers
   really keep;
 * what autograd saves for the whole step (every saved storage once,
   parameters and buffers apart), and where it comes from: the saving op
   (conv inputs, BN inputs, ReLU outputs, compressed factors, loss, ...), see
   :mod:`mmseg_hosvd.profiling`;
-* the CUDA allocator peak (on a GPU), forward/backward/optimizer/step median
-  times and the ranks per layer (last and mean).
+* the CUDA allocator peak of the timed steps (on a GPU), forward/backward/
+  optimizer/step median times, ``step_time_ratio_per_round`` (the median
+  over rounds of the row's step time over the first row's of its model
+  and setup) and the ranks per layer (last and mean).
 
 Peers as rows of the same run: method ``checkpoint`` is the vanilla config
 with its trainable modules under ``torch.utils.checkpoint``, one per block
@@ -65,7 +71,7 @@ import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.arguments import (eps_value,  # noqa: E402
                                         positive_int)
 from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
-                               StepProbe, TrainingStep, dataset_batches,
+                               MemoryRow, dataset_batches, per_round_ratios,
                                leaf_config_path, load_leaf_config,
                                synthetic_batches)
 from mmseg_hosvd.bench.presets import PRESETS  # noqa: E402
@@ -75,7 +81,6 @@ from mmseg_hosvd.bench.report import (OP_GROUPS,  # noqa: E402,F401
                                       write_csv)
 from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
 from mmseg_hosvd.ops import MIB  # noqa: E402
-from mmseg_hosvd.peak_memory import PeakMemoryMeter  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs')
 DEFAULT_OUT = osp.join(REPO, 'work_dirs', 'benchmark_memory')
@@ -95,6 +100,14 @@ def config_method(method: str) -> str:
     """The leaf config a benchmark method runs (``checkpoint``: the
     vanilla one, its trainable modules then checkpointed)."""
     return CONFIG_METHODS.get(method, method)
+
+
+@dataclasses.dataclass
+class Built:
+    """A row's warmed-up :class:`MemoryRow`, its leaf config and seed."""
+    run: MemoryRow
+    config_path: str
+    seed: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,33 +248,15 @@ def _accumulate(breakdown, by_op: Dict[str, float],
             target[name] = target.get(name, 0.0) + share.bytes / MIB
 
 
-def run_combination(args, model_name: str, setup: str, method: str,
-                    eps: Optional[float], progress=None,
-                    lean_backward: str = 'exact', lean_loss: bool = False,
-                    amp: bool = False) -> dict:
-    """Build the combination's training step from its leaf config and run
-    one warm-up step, one step inside a
-    :class:`~mmseg_hosvd.peak_memory.PeakMemoryMeter` (``step_peak_mib``:
-    the step's peak above the memory held before it; not timed: the CPU
-    meter's profiler slows the step) and ``args.iters`` timed and metered
-    real ``train_step`` calls."""
-    from mmengine.registry import HOOKS
-
+def build_row(args, row: Row) -> Built:
+    """The row's training step (from its leaf config), batches and meters,
+    warmed up: one warm-up step and the peak of one step
+    (:meth:`~mmseg_hosvd.bench.MemoryRow.warm_up`)."""
     device = torch.device(args.device)
-    cfg, config_path = load_config(model_name, setup, method, eps,
-                                   args.crop, lean_backward, lean_loss)
+    cfg, config_path = load_config(row.model, row.setup, row.method, row.eps,
+                                   args.crop, row.lean_backward, row.lean_loss)
     seed = args.seed if args.seed is not None else cfg.get(
         'randomness', {}).get('seed', 233)
-
-    step = TrainingStep.from_config(
-        cfg, device, checkpoint=args.checkpoint, amp=amp, seed=seed,
-        init_weights=False,
-        activation_checkpointing=(CHECKPOINT_PLACEMENT
-                                  if method == 'checkpoint' else None))
-    model, installed = step.model, step.installed
-    trainable = step.trainable_parameters()
-    state = step.state_tensors()
-
     if args.data_root is None:
         batches = synthetic_batches(args.batch_size, args.crop,
                                     cfg.model.decode_head.num_classes, seed)
@@ -271,78 +266,53 @@ def run_combination(args, model_name: str, setup: str, method: str,
                                       args.batch_size, seed)
         except ValueError as error:
             raise SystemExit(f'--data-root: {error}') from None
-
     if device.type == 'cuda':
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    base_allocated = (torch.cuda.memory_allocated(device)
-                      if device.type == 'cuda' else None)
+    run = MemoryRow(
+        cfg, batches, device, checkpoint=args.checkpoint, amp=row.amp,
+        seed=seed,
+        activation_checkpointing=(CHECKPOINT_PLACEMENT
+                                  if row.method == 'checkpoint' else None))
+    run.warm_up()
+    return Built(run, config_path, seed)
 
-    memory_hook = None
-    times = dict(forward=[], backward=[], optimizer=[], step=[])
-    saved_act, saved_param, not_in_graph = [], [], []
-    peak_meter = PeakMemoryMeter(device)
+
+def row_record(args, row: Row, built: Built,
+               time_ratio: Optional[float]) -> dict:
+    """The results.json record of a row after its timed steps."""
+    device = torch.device(args.device)
+    measured = built.run
+    model_name, setup, method = row.model, row.setup, row.method
+    eps = row.eps
+    installed = measured.installed
     by_op: Dict[str, float] = {}
     by_op_inclusive: Dict[str, float] = {}
     by_saved: Dict[str, float] = {}
     params_by_op: Dict[str, float] = {}
-    last_total, last_stats = None, {}
-    # no graph walk through checkpointed modules: reading their saved
-    # tensors would run the recomputation there, outside backward
+    not_in_graph = []
+    times = dict(forward=[], backward=[], optimizer=[], step=[])
+    for step in measured.measurements:
+        times['forward'].append(step.forward_s)
+        times['backward'].append(step.backward_s)
+        times['optimizer'].append(step.optimizer_s)
+        times['step'].append(step.step_s)
+        if step.breakdown is not None:
+            not_in_graph.append(
+                (step.saved_bytes - step.breakdown.activation_bytes) / MIB)
+            _accumulate(step.breakdown, by_op, by_op_inclusive, by_saved,
+                        params_by_op)
+    saved_act = measured.saved_mib()
+    saved_param = [m.saved_param_bytes / MIB for m in measured.measurements]
+    last_stats = measured.last_stats
+    last_total = sum(s.paper_bytes for s in last_stats.values()) / MIB
     walk = method != 'checkpoint'
-    probe = StepProbe(model, step.optim_wrapper.optimizer, trainable, state,
-                      device, breakdown=walk)
-    with probe:
-        for iteration in range(args.iters + 1):
-            warmup = iteration == 0
-            data = next(batches)
-            measured = probe.measure(lambda: step.run(data))
-            del data
-            breakdown = measured.breakdown
-
-            if warmup:
-                # the peak of one whole step, optimizer state in place
-                # (the probe is not armed: no saved-tensor meter)
-                data = next(batches)
-                with peak_meter:
-                    step.run(data)
-                del data
-                if progress is not None:
-                    progress.update(1)
-                # the warm-up's stats go to a throwaway hook
-                HOOKS.build(copy.deepcopy(
-                    cfg.default_hooks.activation_memory)).record(model)
-                memory_hook = HOOKS.build(
-                    copy.deepcopy(cfg.default_hooks.activation_memory))
-            else:
-                stats = memory_hook.record(model)
-                missing = set(installed) - set(stats)
-                if missing:
-                    raise RuntimeError(
-                        f'{model_name} {setup} {method}: no statistics from '
-                        f'{sorted(missing)} (did they run with grad '
-                        'enabled?)')
-                last_stats = stats
-                last_total = sum(s.paper_bytes for s in stats.values()) / MIB
-                times['forward'].append(measured.forward_s)
-                times['backward'].append(measured.backward_s)
-                times['optimizer'].append(measured.optimizer_s)
-                times['step'].append(measured.step_s)
-                saved_act.append(measured.saved_bytes / MIB)
-                saved_param.append(measured.saved_param_bytes / MIB)
-                if breakdown is not None:
-                    not_in_graph.append((measured.saved_bytes -
-                                         breakdown.activation_bytes) / MIB)
-                    _accumulate(breakdown, by_op, by_op_inclusive, by_saved,
-                                params_by_op)
-            del measured, breakdown
-            if progress is not None:
-                progress.update(1)
-
-    cuda_peak = (torch.cuda.max_memory_allocated(device) / MIB
-                 if device.type == 'cuda' else None)
-    summary = memory_hook.summary()
-    iters = args.iters
+    trainable = measured.step.trainable_parameters()
+    seed, config_path = built.seed, built.config_path
+    peak_bytes = measured.peak_bytes
+    cuda_peak = (max(measured.cuda_peaks) / MIB
+                 if measured.cuda_peaks else None)
+    summary = measured.memory_summary()
+    iters = len(measured.measurements)
 
     def averaged(shares: Dict[str, float]) -> Dict[str, float]:
         return dict(sorted(((k, v / iters) for k, v in shares.items()),
@@ -373,9 +343,9 @@ def run_combination(args, model_name: str, setup: str, method: str,
         setup=setup,
         method=method,
         eps=eps if method in LOW_RANK else None,
-        lean_backward=lean_backward,
-        lean_loss=lean_loss,
-        amp=amp,
+        lean_backward=row.lean_backward,
+        lean_loss=row.lean_loss,
+        amp=row.amp,
         checkpointing=(CHECKPOINT_PLACEMENT if method == 'checkpoint' else
                        None),
         config=osp.relpath(config_path, REPO),
@@ -390,19 +360,19 @@ def run_combination(args, model_name: str, setup: str, method: str,
         step_saved_param_mib_mean=statistics.fmean(saved_param),
         step_not_in_graph_mib_mean=(statistics.fmean(not_in_graph)
                                     if not_in_graph else None),
-        step_peak_mib=peak_meter.peak_bytes / MIB,
+        step_peak_mib=peak_bytes / MIB,
         step_saved_groups_mib=groups,
         breakdown=dict(by_op=averaged(by_op),
                        by_saved=by_saved_mean,
                        by_op_inclusive=averaged(by_op_inclusive),
                        parameters_by_op=averaged(params_by_op)),
         cuda_peak_mib=cuda_peak,
-        cuda_base_mib=(base_allocated / MIB
-                       if base_allocated is not None else None),
         forward_time_s_median=_median(times['forward']),
         backward_time_s_median=_median(times['backward']),
         optimizer_time_s_median=_median(times['optimizer']),
         step_time_s_median=_median(times['step']),
+        step_time_s=list(times['step']),
+        step_time_ratio_per_round=time_ratio,
         ranks=ranks,
         layers=layers,
         num_layers=len(installed),
@@ -419,9 +389,6 @@ def run_combination(args, model_name: str, setup: str, method: str,
         seed=seed,
         torch=torch.__version__,
     )
-    del model, step, trainable, state, installed, probe
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
     return record
 
 
@@ -472,15 +439,35 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     start = time.time()
     with tqdm(total=len(combos) * (args.iters + 2), unit='it',
               dynamic_ncols=True) as progress:
-        for row in combos:
-            progress.set_description(
-                f'{row.model} {row.setup} '
-                + method_label(dataclasses.asdict(row)))
-            records.append(
-                run_combination(args, row.model, row.setup, row.method,
-                                row.eps, progress,
-                                lean_backward=row.lean_backward,
-                                lean_loss=row.lean_loss, amp=row.amp))
+        for _, group in itertools.groupby(
+                combos, key=lambda row: (row.model, row.setup)):
+            group = list(group)
+            measured = []
+            for row in group:  # build and warm up every row of the table
+                progress.set_description(
+                    f'{row.model} {row.setup} '
+                    + method_label(dataclasses.asdict(row)))
+                measured.append(build_row(args, row))
+                progress.update(2)
+            for _ in range(args.iters):  # then time them round-robin
+                for row, built in zip(group, measured):
+                    progress.set_description(
+                        f'{row.model} {row.setup} '
+                        + method_label(dataclasses.asdict(row)))
+                    try:
+                        built.run.timed_step()
+                    except RuntimeError as error:
+                        raise RuntimeError(
+                            f'{row.model} {row.setup} {row.method}: '
+                            f'{error}') from None
+                    progress.update(1)
+            ratios = per_round_ratios(
+                [[m.step_s for m in built.run.measurements]
+                 for built in measured])
+            for row, built, ratio in zip(group, measured, ratios):
+                records.append(row_record(args, row, built, ratio))
+                built.run.close()
+            del measured
             # write as we go: a long run keeps what it measured
             with open(osp.join(args.out, 'results.json'), 'w') as f:
                 json.dump(records, f, indent=2)

@@ -7,6 +7,8 @@
   meter can wrap the step.
 * :mod:`.configs`: the benchmarks' models and leaf configs.
 * :mod:`.data`: synthetic and dataset batches.
+* :class:`MemoryRow`: one row of the memory benchmark (warm-up, peak
+  step, timed steps run round-robin with the other rows).
 * :mod:`.report`: the memory benchmark's table, CSV and plot.
 * :class:`StepProbeHook`, :class:`ProgressBarHook`: the probe and a
   progress bar as Runner hooks.
@@ -16,6 +18,7 @@ from .configs import (LEAF_EPS, MODEL_CONFIGS, SETUPS, eps_tag,
 from .data import (dataset_batches, dataset_config, fixed_batches,
                    folder_batch, smooth_batch, synthetic_batches)
 from .hooks import ProgressBarHook, StepProbeHook
+from .memory_row import MemoryRow, per_round_ratios
 from .probe import StepMeasurement, StepProbe, SyncTimer
 from .step import (CPUBFloat16OptimWrapper, TrainingStep,
                    amp_optim_wrapper_cfg, plugin_hooks, quiet_logger)
@@ -24,6 +27,7 @@ __all__ = [
     'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',
     'load_leaf_config', 'dataset_batches', 'dataset_config', 'fixed_batches',
     'folder_batch', 'smooth_batch', 'synthetic_batches', 'ProgressBarHook',
+    'MemoryRow', 'per_round_ratios',
     'StepProbeHook', 'StepMeasurement',
     'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
     'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'

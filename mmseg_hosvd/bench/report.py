@@ -118,7 +118,9 @@ def fmt(value, digits: int = 2) -> str:
 
 def markdown_table(records: Sequence[dict]) -> str:
     """GitHub markdown table of ``records``, one row each; ``step peak
-    MiB`` (the whole step's measured peak) beside ``step saved MiB``."""
+    MiB`` (the whole step's measured peak) beside ``step saved MiB``;
+    ``time / first row``: the median over rounds of the row's step time
+    over that of its table's first row in the same round."""
     from tabulate import tabulate
     cuda = any(r.get('cuda_peak_mib') is not None for r in records)
     header = [
@@ -127,7 +129,7 @@ def markdown_table(records: Sequence[dict]) -> str:
     ] + [label for group, label, _ in OP_GROUPS] + ['params saved MiB']
     if cuda:
         header.append('CUDA peak MiB')
-    header += ['fwd s', 'bwd s', 'step s']
+    header += ['fwd s', 'bwd s', 'step s', 'time / first row']
     rows = []
     for r in records:
         row = [
@@ -147,7 +149,8 @@ def markdown_table(records: Sequence[dict]) -> str:
         row += [
             fmt(r['forward_time_s_median']),
             fmt(r['backward_time_s_median']),
-            fmt(r['step_time_s_median'])
+            fmt(r['step_time_s_median']),
+            fmt(r.get('step_time_ratio_per_round'))
         ]
         rows.append(row)
     return tabulate(rows, headers=header, tablefmt='github',

@@ -1,0 +1,159 @@
+"""One row of the memory benchmark: a training step and what it measured.
+
+:class:`MemoryRow` owns a :class:`~.step.TrainingStep` built from a config,
+its batches and its meters. The memory benchmark builds every row of one
+model and setup first (:meth:`MemoryRow.warm_up`: one warm-up step, then
+one untimed step inside a :class:`~mmseg_hosvd.peak_memory.PeakMemoryMeter`
+for ``step_peak_mib``), then times them round-robin
+(:meth:`MemoryRow.timed_step`, one row after the other in each round), so
+that a load that drifts during the run slows every row alike; the per-round
+time ratios (:func:`per_round_ratios`) are then comparable within a table.
+"""
+import copy
+import statistics
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from ..ops import MIB
+from ..peak_memory import PeakMemoryMeter
+from .probe import StepMeasurement, StepProbe
+from .step import TrainingStep
+
+
+class MemoryRow:
+    """A training step of one benchmark row, measured step by step.
+
+    Args:
+        cfg: the row's mmengine ``Config`` (plugin hooks keyed in
+            ``default_hooks``, ``activation_memory`` among them).
+        batches: the row's data batches (one per step).
+        device: where the step runs.
+        checkpoint: weights to start from, or None (random).
+        amp: mixed precision (see :meth:`TrainingStep.from_config`).
+        seed: the model's initialisation seed.
+        activation_checkpointing: ``'block'``/``'segment'``, or None.
+
+    Attributes:
+        step: the :class:`TrainingStep`.
+        peak_bytes: the warm-up's peak step, bytes above what was held.
+        measurements: one :class:`StepMeasurement` per timed step.
+        cuda_peaks: CUDA only: each timed step's
+            ``max_memory_allocated`` above what was allocated before it
+            (bytes; other rows' models, resident, are not counted).
+        last_stats: the compressed layers' statistics of the last timed
+            step, by path.
+    """
+
+    def __init__(self, cfg, batches: Iterator[dict], device: torch.device,
+                 checkpoint: Optional[str] = None, amp: bool = False,
+                 seed: int = 0,
+                 activation_checkpointing: Optional[str] = None) -> None:
+        self.cfg = cfg
+        self.batches = batches
+        self.device = device
+        self.step = TrainingStep.from_config(
+            cfg, device, checkpoint=checkpoint, amp=amp, seed=seed,
+            init_weights=False,
+            activation_checkpointing=activation_checkpointing)
+        # no graph walk through checkpointed modules: reading their saved
+        # tensors would run the recomputation there, outside backward
+        self.probe = StepProbe(self.step.model,
+                               self.step.optim_wrapper.optimizer,
+                               self.step.trainable_parameters(),
+                               self.step.state_tensors(), device,
+                               breakdown=activation_checkpointing is None)
+        self.peak_bytes: Optional[int] = None
+        self.measurements: List[StepMeasurement] = []
+        self.cuda_peaks: List[int] = []
+        self.last_stats: Dict[str, Any] = {}
+        self._memory_hook = None
+
+    @property
+    def installed(self) -> Dict[str, Any]:
+        """The compressed (or counted) layers, by path."""
+        return self.step.installed
+
+    def _run(self) -> StepMeasurement:
+        data = next(self.batches)
+        with self.probe:
+            return self.probe.measure(lambda: self.step.run(data))
+
+    def warm_up(self) -> None:
+        """One warm-up step (optimizer state created), then the peak of one
+        whole step (:attr:`peak_bytes`, untimed: the CPU meter's profiler
+        slows the step)."""
+        from mmengine.registry import HOOKS
+        self._run()
+        data = next(self.batches)
+        meter = PeakMemoryMeter(self.device)
+        with meter:
+            self.step.run(data)
+        del data
+        self.peak_bytes = int(meter.peak_bytes)
+        hook_cfg = self.cfg.default_hooks.activation_memory
+        # the warm-up's statistics go to a throwaway hook
+        HOOKS.build(copy.deepcopy(hook_cfg)).record(self.step.model)
+        self._memory_hook = HOOKS.build(copy.deepcopy(hook_cfg))
+
+    def timed_step(self) -> StepMeasurement:
+        """One timed and metered step; its layer statistics are recorded.
+
+        Raises:
+            RuntimeError: before :meth:`warm_up`, or when an installed
+                layer recorded nothing (it ran without grad).
+        """
+        if self._memory_hook is None:
+            raise RuntimeError('MemoryRow: call warm_up() first')
+        cuda = self.device.type == 'cuda'
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        measured = self._run()
+        if cuda:
+            self.cuda_peaks.append(
+                torch.cuda.max_memory_allocated(self.device) - before)
+        stats = self._memory_hook.record(self.step.model)
+        missing = set(self.installed) - set(stats)
+        if missing:
+            raise RuntimeError(f'no statistics from {sorted(missing)} (did '
+                               'they run with grad enabled?)')
+        self.last_stats = stats
+        self.measurements.append(measured)
+        return measured
+
+    def memory_summary(self) -> dict:
+        """The :class:`~mmseg_hosvd.engine.ActivationMemoryHook` summary of
+        the timed steps."""
+        return self._memory_hook.summary()
+
+    def saved_mib(self) -> List[float]:
+        """Whole-step saved activation MiB of each timed step."""
+        return [m.saved_bytes / MIB for m in self.measurements]
+
+    def close(self) -> None:
+        """Drop the model, optimizer state and meters."""
+        self.step = self.probe = self._memory_hook = None
+        self.measurements = []
+        if self.device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
+def per_round_ratios(times: Sequence[Sequence[float]],
+                     reference: int = 0) -> List[Optional[float]]:
+    """Median over rounds of each row's step time divided by the
+    ``reference`` row's time in the same round.
+
+    Args:
+        times: ``times[row][round]`` in seconds, every row the same number
+            of rounds.
+
+    Returns:
+        One ratio per row (None for a row without rounds).
+    """
+    base = times[reference]
+    ratios: List[Optional[float]] = []
+    for row in times:
+        pairs = [t / b for t, b in zip(row, base) if b > 0]
+        ratios.append(statistics.median(pairs) if pairs else None)
+    return ratios
