@@ -4,8 +4,9 @@ Modules: :mod:`.methods` (method names, checks), :mod:`.accounting` (bytes,
 :class:`CompressionStats`), :mod:`.decomposition` (HOSVD/SVD maths, on
 :mod:`.unfolding` and :mod:`.eigen`),
 :mod:`.weight_grad` (gradient maths), :mod:`.functions` (autograd
-Functions), :mod:`.functional` (:func:`compressed_conv2d`) and :mod:`.conv`
-(:class:`CompressedConv2d`).
+Functions), :mod:`.functional` (:func:`compressed_conv2d`), :mod:`.conv`
+(:class:`CompressedConv2d`) and :mod:`.linear` (:class:`CompressedLinear`,
+on :mod:`.linear_functions`).
 """
 from .accounting import MIB, CompressionStats, distinct_kept_bytes, \
     non_finite_layers
@@ -17,8 +18,10 @@ from .decomposition import (SVDFactors, TuckerFactors, check_eps,
                             truncated_svd)
 from .functional import compressed_conv2d
 from .functions import COMPRESSED_BACKWARD_NODES
-from .methods import (ASI, LOW_RANK_METHODS, METHODS, MODULE_METHODS,
-                      NON_FINITE_MODES, VANILLA, check_non_finite)
+from .linear import CompressedLinear
+from .methods import (ASI, LINEAR_METHODS, LOW_RANK_METHODS, METHODS,
+                      MODULE_METHODS, NON_FINITE_MODES, VANILLA,
+                      check_non_finite)
 from .rank_budget import (allocate_hosvd_ranks,
                           solve_multiple_choice_knapsack)
 from .subspace_iteration import (SubspaceTracker, subspace_iteration_step)
@@ -33,5 +36,5 @@ __all__ = [
     'CompressionContext', 'DecompositionCache', 'SubspaceTracker',
     'subspace_iteration_step', 'allocate_hosvd_ranks',
     'solve_multiple_choice_knapsack', 'compressed_conv2d', 'ConvGeometry',
-    'COMPRESSED_BACKWARD_NODES'
+    'COMPRESSED_BACKWARD_NODES', 'CompressedLinear', 'LINEAR_METHODS'
 ]

@@ -25,7 +25,9 @@ class CompressionStats:
     Attributes:
         method: one of :data:`~.methods.MODULE_METHODS`.
         input_shape: ``(B, C, H, W)`` of the compressed input (after any
-            explicit padding, see :class:`CompressedConv2d`).
+            explicit padding, see :class:`CompressedConv2d`); a
+            :class:`~.linear.CompressedLinear`'s own input shape ``(...,
+            C)``.
         paper_elements: the paper's element count: HOSVD
             ``K1*K2*K3*K4 + B*K1 + C*K2 + H*K3 + W*K4``, SVD
             ``K*(B + C*H*W)``, Gradient Filter ``B*C*Hp*Wp``.
@@ -33,7 +35,8 @@ class CompressionStats:
             storages of the saved compressed tensors, each counted once
             (weight-derived tensors are not counted).
         ranks: HOSVD/ASI ``(K1, K2, K3, K4)``, SVD ``(K,)``, Gradient
-            Filter ``()``.
+            Filter ``()``; a linear's Tucker ranks are those of its input's
+            channel-first view (see :mod:`.linear`).
         storage_keys: ``(device, data_ptr, nbytes)`` of each storage counted
             in ``kept_bytes``: several convs that save the same storages
             (a shared input's factors) show them each, and totals over

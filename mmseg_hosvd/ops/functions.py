@@ -27,6 +27,7 @@ from torch.autograd.function import once_differentiable
 from .decomposition import SVDFactors, TuckerFactors
 from .gradient_filter import (filter_grad_output, filtered_input_grad,
                               filtered_weight_grad)
+from .linear_functions import LINEAR_BACKWARD_NODES
 from .methods import ASI
 from .weight_grad import (ConvGeometry, conv_input_grad, hosvd_weight_grad,
                           svd_weight_grad)
@@ -195,8 +196,10 @@ class _ShapeOnlyPad(Function):
 
 #: autograd node name -> index in ``saved_tensors`` of the weight-derived
 #: tensor it saves (the other saved tensors are the compressed activation):
-#: lets a memory meter tell the compressed activation from the weight
+#: lets a memory meter tell the compressed activation from the weight; the
+#: compressed linear's nodes come from :mod:`.linear_functions`
 COMPRESSED_BACKWARD_NODES: Dict[str, int] = {
     f'{_LowRankConv2dFunction.__name__}Backward': 0,
     f'{_GradientFilterConv2dFunction.__name__}Backward': 1,
+    **LINEAR_BACKWARD_NODES,
 }

@@ -18,6 +18,9 @@ ASI = 'asi'
 LOW_RANK_METHODS = ('hosvd', 'svd', ASI)
 #: what :class:`~.conv.CompressedConv2d` accepts.
 MODULE_METHODS = (VANILLA, ) + METHODS + (ASI, )
+#: what :class:`~.linear.CompressedLinear` accepts (the Gradient Filter
+#: sums patches of a conv's input: it is defined for convolutions only).
+LINEAR_METHODS = (VANILLA, 'hosvd', 'svd', ASI)
 #: how HOSVD's grad_weight is computed: chosen by FLOPs, or forced.
 WEIGHT_GRAD_PATHS = ('auto', 'factored', 'rebuilt')
 #: what a compressed conv does with a NaN/Inf input: ``'raise'`` (HOSVD/SVD
@@ -31,6 +34,18 @@ def check_method(method: str, allowed: Sequence[str] = METHODS) -> str:
         raise ValueError(f'method must be one of {tuple(allowed)}, got '
                          f'method={method!r}')
     return method
+
+
+def check_linear_method(method: str, name: str = '') -> str:
+    """Return ``method``; ValueError unless it is in :data:`LINEAR_METHODS`
+    (the message for ``'gradient_filter'`` says why, naming layer ``name``)."""
+    if method == 'gradient_filter':
+        layer = f'CompressedLinear {name!r}: ' if name else ''
+        raise ValueError(
+            f"{layer}method='gradient_filter' is not available for linear "
+            'layers: the Gradient Filter is defined for convolutions only '
+            f'(CompressedConv2d); use one of {LINEAR_METHODS}')
+    return check_method(method, LINEAR_METHODS)
 
 
 def check_non_finite(mode: str) -> str:

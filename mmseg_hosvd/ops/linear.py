@@ -1,0 +1,311 @@
+"""Linear layer whose saved input activation is compressed for the weight
+gradient.
+
+Layer 2: the module :class:`CompressedLinear`, on top of the autograd
+Functions and weight-gradient maths of :mod:`.linear_functions`; the
+decompositions are those of the convs (:mod:`.decomposition`,
+:mod:`.subspace_iteration`), the accounting that of :mod:`.accounting`.
+
+Methods (:data:`~.methods.LINEAR_METHODS`): ``'vanilla'`` (the full input is
+kept, only its size recorded), ``'hosvd'``, ``'svd'`` and ``'asi'``, as for
+:class:`~.conv.CompressedConv2d`; the Gradient Filter is defined for
+convolutions only.
+
+Mode layout. An input ``(..., C)`` with 2 to 4 dims is decomposed as the 4-D
+tensor of its own memory order, channel last (a view, never a copy of the
+input):
+
+* ``(M, C)`` -> ``(M, 1, 1, C)``;
+* ``(D0, D1, C)`` -> ``(D0, D1, 1, C)``: tokens ``(B, N, C)``, or
+  sequence first ``(N, B, C)`` (Tucker is symmetric in its modes, so both
+  give the same HOSVD);
+* ``(B, H, W, C)`` (Swin/ConvNeXt) as is.
+
+The linear is then a 1x1 conv of the channel-first view ``(D0, C, D1, D2)``
+(``(M, C, 1, 1)``, ``(D0, C, D1, 1)``, ``(B, C, H, W)``); the Tucker ranks
+in :attr:`~.accounting.CompressionStats.ranks` are listed in that order,
+as a conv's ``(K_B, K_C, K_H, K_W)``, while
+:attr:`~.accounting.CompressionStats.input_shape` is the input's own shape.
+SVD's rows are the input's dim 0 (``B`` of ``(B, N, C)``, ``N`` of ``(N,
+B, C)``, ``M`` of ``(M, C)``): it truncates the ``(D0, D1*D2*C)``
+reshape, through the smaller of its two Gram matrices
+(:func:`~.linear_functions.row_truncated_svd`), so its rank is at most
+``min(D0, D1*D2*C)``.
+
+Cost of ``eps == 1`` (tests): every Tucker mode is kept whole, an ``(M,
+C)`` input keeps an ``M x M`` factor; below 1, a mode larger than the
+product of the others (the rows of ``(M, C)``) takes its basis from the
+smaller dual Gram.
+
+Note: ``nn.MultiheadAttention`` never calls its ``out_proj`` module (it
+passes ``out_proj.weight`` to ``F.linear`` itself), so replacing that
+module by a :class:`CompressedLinear` compresses nothing.
+
+The forward output is always the exact ``F.linear``; grad_input and
+grad_bias are exact; grad_weight comes from the factors. A non-finite input
+follows ``non_finite`` exactly as for :class:`~.conv.CompressedConv2d`.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .accounting import (CompressionStats, non_finite_flag, storage_bytes,
+                         storage_keys)
+from .context import CompressionContext
+from .decomposition import TuckerFactors, check_eps, hosvd
+from .functional import Factors, autocast_arguments
+from .linear_functions import (LinearLowRankSpec, _LowRankLinearFunction,
+                               _NonFiniteLinearFunction, channel_first,
+                               check_linear_input, natural_view,
+                               row_truncated_svd)
+from .methods import ASI, VANILLA, check_linear_method, check_non_finite
+
+#: tags the shared-input cache's configurations of linear layers: their
+#: factors (of the channel-last view) are never handed to a conv
+CACHE_LAYOUT = 'linear'
+
+
+class CompressedLinear(nn.Linear):
+    """``nn.Linear`` that keeps a compressed input for its weight gradient.
+
+    A call is compressed when ``torch.is_grad_enabled()`` and
+    ``weight.requires_grad`` (whether or not the module is in training mode)
+    and the input is not empty; otherwise it is the plain ``nn.Linear``
+    computation, which keeps nothing (under ``torch.no_grad()``) and leaves
+    :attr:`last_stats` alone. A compressed call takes an input ``(M, C)``,
+    ``(D0, D1, C)`` or ``(B, H, W, C)`` (see the module docstring for its
+    Tucker modes); any other number of dims raises ValueError.
+
+    Args:
+        method: one of :data:`~.methods.LINEAR_METHODS`; ``'vanilla'``
+            compresses nothing (the plain linear keeps its full input) and
+            only records its size in :attr:`last_stats`; ``'asi'`` keeps its
+            per-layer ranks and bases in :attr:`context` under :attr:`name`.
+            ``'gradient_filter'`` raises ValueError (convolutions only).
+        eps: HOSVD/SVD explained-energy fraction in (0, 1] (ASI: the rank
+            rule of its first step, unless the tracker has a memory budget).
+        name: module path, used in error messages (and as the ASI state key).
+        non_finite: ``'raise'`` or ``'skip'``, what a NaN/Inf input does (as
+            for :class:`~.conv.CompressedConv2d`): HOSVD/SVD (and ASI's first
+            step) raise FloatingPointError naming the layer, or with
+            ``'skip'`` keep nothing and give a NaN grad_weight (grad_input
+            and grad_bias stay exact).
+        Other arguments: as ``nn.Linear``.
+
+    Under autocast the arguments are cast as autocast casts ``F.linear``'s;
+    decompositions run in float32 (float64 for float64 inputs).
+
+    Attributes:
+        last_stats: :class:`~.accounting.CompressionStats` of the latest
+            compressed call (None before).
+        context: :class:`~.context.CompressionContext`, the module's own
+            (``share_inputs=False``) until model surgery gives all compressed
+            layers of a model one shared context (input sharing, ASI state).
+    """
+
+    def __init__(self,
+                 in_features: int,
+                 out_features: int,
+                 bias: bool = True,
+                 device=None,
+                 dtype=None,
+                 *,
+                 method: str = 'hosvd',
+                 eps: float = 0.8,
+                 name: str = '',
+                 non_finite: str = 'raise') -> None:
+        check_linear_method(method, name)
+        check_eps(eps)
+        check_non_finite(non_finite)
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.name = name
+        self.method = method
+        self.eps = eps
+        self.non_finite = non_finite
+        self.last_stats: Optional[CompressionStats] = None
+        #: a plain attribute (nothing enters ``state_dict``)
+        self.context = CompressionContext(share_inputs=False)
+
+    @property
+    def method(self) -> str:
+        return self._method
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self._method = check_linear_method(value, getattr(self, 'name', ''))
+
+    @property
+    def eps(self) -> float:
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: float) -> None:
+        self._eps = check_eps(value)
+
+    @property
+    def non_finite(self) -> str:
+        return self._non_finite
+
+    @non_finite.setter
+    def non_finite(self, value: str) -> None:
+        self._non_finite = check_non_finite(value)
+
+    @classmethod
+    def from_linear(cls,
+                    linear: nn.Linear,
+                    method: str,
+                    eps: float = 0.8,
+                    name: str = '',
+                    non_finite: str = 'raise') -> 'CompressedLinear':
+        """A CompressedLinear sharing ``linear``'s Parameter objects.
+
+        ``linear`` may be any ``nn.Linear`` subclass (e.g.
+        ``NonDynamicallyQuantizableLinear``). Same features and training
+        flag; no extra parameters or buffers, so ``state_dict`` keys equal
+        ``nn.Linear``'s. Hooks are not copied.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f'expected an nn.Linear, got {type(linear)}')
+        compressed = cls(linear.in_features,
+                         linear.out_features,
+                         bias=linear.bias is not None,
+                         device='meta',
+                         method=method,
+                         eps=eps,
+                         name=name,
+                         non_finite=non_finite)
+        _share_parameters(linear, compressed)
+        return compressed
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` sharing this module's Parameter objects."""
+        linear = nn.Linear(self.in_features,
+                           self.out_features,
+                           bias=self.bias is not None,
+                           device='meta')
+        _share_parameters(self, linear)
+        return linear
+
+    def forward(self, input: Tensor) -> Tensor:
+        """Exact ``F.linear(input, weight, bias)``, compressed (see the
+        class)."""
+        compress = (torch.is_grad_enabled() and self.weight.requires_grad and
+                    input.numel() > 0)
+        if not compress:
+            return F.linear(input, self.weight, self.bias)
+        check_linear_input(input, self.name)
+        if self.method == VANILLA:
+            self.last_stats = CompressionStats(
+                method=VANILLA,
+                input_shape=tuple(input.shape),
+                paper_elements=input.numel(),
+                kept_bytes=storage_bytes([input]),
+                ranks=(),
+                storage_keys=storage_keys([input]),
+                non_finite=non_finite_flag(input))
+            return F.linear(input, self.weight, self.bias)
+        output, stats = self._low_rank_forward(input, self.weight, self.bias)
+        self.last_stats = stats
+        return output
+
+    def _low_rank_forward(self, input: Tensor, weight: Tensor,
+                          bias: Optional[Tensor]
+                          ) -> Tuple[Tensor, CompressionStats]:
+        """HOSVD/SVD/ASI: factors from the context's cache when another
+        compressed linear already decomposed this very input with the same
+        settings, else decomposed here (and cached). A non-finite input
+        skipped by ``non_finite='skip'`` is cached as None."""
+        cast_input, weight, bias = autocast_arguments(input, weight, bias)
+        context = self.context
+        cache = context.cache
+        config = (CACHE_LAYOUT, self.method, self.eps, cast_input.dtype,
+                  self.non_finite)
+        found = cache.get(input, config) if cache is not None else None
+        with torch.autocast(input.device.type, enabled=False):
+            if found is not None:
+                factors, owner = found
+                context.aliases[self.name] = owner
+            else:
+                factors = self._decompose(natural_view(cast_input.detach()))
+                if cache is not None:
+                    cache.put(input, config, factors, self.name)
+            if factors is None:
+                return self._non_finite_forward(cast_input, weight, bias,
+                                                found is not None)
+            return self._factored_forward(cast_input, weight, bias, factors,
+                                          found is not None)
+
+    def _factored_forward(self, input: Tensor, weight: Tensor,
+                          bias: Optional[Tensor], factors: Factors,
+                          reused: bool) -> Tuple[Tensor, CompressionStats]:
+        """Exact linear saving ``factors`` of the input's natural view."""
+        view_shape = tuple(natural_view(input).shape)
+        if tuple(factors.shape) != view_shape:
+            raise ValueError(f'factors of shape {tuple(factors.shape)} for '
+                             f'an input viewed as {view_shape}')
+        spec = LinearLowRankSpec(self.method, view_shape)
+        tensors = factors.tensors()
+        output = _LowRankLinearFunction.apply(input, weight, bias, spec,
+                                              *tensors)
+        ranks = (channel_first(factors.ranks) if isinstance(
+            factors, TuckerFactors) else (factors.rank, ))
+        stats = CompressionStats(
+            method=self.method,
+            input_shape=tuple(input.shape),
+            paper_elements=factors.paper_elements(),
+            kept_bytes=storage_bytes(tensors),
+            ranks=ranks,
+            storage_keys=storage_keys(tensors),
+            reused=reused,
+            non_finite=(non_finite_flag(factors.core)
+                        if self.method == ASI else False))
+        return output, stats
+
+    def _non_finite_forward(self, input: Tensor, weight: Tensor,
+                            bias: Optional[Tensor], reused: bool
+                            ) -> Tuple[Tensor, CompressionStats]:
+        """``non_finite='skip'``: nothing of the input is kept."""
+        output = _NonFiniteLinearFunction.apply(input, weight, bias)
+        stats = CompressionStats(method=self.method,
+                                 input_shape=tuple(input.shape),
+                                 paper_elements=0,
+                                 kept_bytes=0,
+                                 ranks=(),
+                                 reused=reused,
+                                 non_finite=True)
+        return output, stats
+
+    def _decompose(self, activation: Tensor) -> Optional[Factors]:
+        """Factors of the natural view ``activation`` ``(D0, D1, D2, C)``,
+        or None (non-finite input, ``non_finite='skip'``)."""
+        try:
+            if self.method == ASI:
+                return self.context.subspaces.decompose(
+                    self.name, activation, self.eps)
+            factorize = hosvd if self.method == 'hosvd' else row_truncated_svd
+            return factorize(activation, self.eps)
+        except FloatingPointError as error:
+            if self.non_finite == 'skip':
+                return None
+            raise FloatingPointError(
+                f'CompressedLinear {self.name!r} (method={self.method!r}): '
+                f'{error}') from error
+
+    def extra_repr(self) -> str:
+        text = (f'{super().extra_repr()}, method={self.method!r}, '
+                f'eps={self.eps}')
+        if self.non_finite != 'raise':
+            text += f', non_finite={self.non_finite!r}'
+        if self.name:
+            text += f', name={self.name!r}'
+        return text
+
+
+def _share_parameters(source: nn.Linear, target: nn.Linear) -> None:
+    """Make ``target`` use ``source``'s Parameter objects and training flag."""
+    target.weight = source.weight
+    target.bias = source.bias
+    target.train(source.training)
