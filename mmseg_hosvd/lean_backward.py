@@ -1,6 +1,6 @@
 """Model surgery that makes a training step keep only what backward needs.
 
-Three exact replacements, each keeping Parameter objects and ``state_dict``
+Exact replacements, each keeping Parameter objects and ``state_dict``
 keys:
 
 * eval-mode BatchNorms as :class:`~mmseg_hosvd.ops.folding.
@@ -19,7 +19,17 @@ keys:
 * ``nn.ReLU``/``nn.ReLU6`` keeping a 1-bit mask
   (:mod:`~mmseg_hosvd.ops.activation`);
 * ``nn.AdaptiveAvgPool2d`` keeping only its input's shape
-  (:mod:`~mmseg_hosvd.ops.pooling`).
+  (:mod:`~mmseg_hosvd.ops.pooling`);
+* ``nn.Dropout`` keeping a 1-bit mask when it drops (``0 < p < 1``) instead
+  of its float (CPU) or bool (CUDA) mask (:mod:`~mmseg_hosvd.ops.dropout`,
+  same random draws). With ``p=0`` ``F.dropout`` already returns its input
+  and keeps nothing (measured with ``saved_tensors_hooks``), which the
+  replacement keeps as it is.
+
+Transformer ops keep what they keep: the attention probabilities (softmax
+output, and the q, k, v that the attention products save), LayerNorm inputs
+and GELU inputs are needed by their exact backward and are not touched;
+:mod:`mmseg_hosvd.bench.report` names them in the whole-step breakdown.
 
 Exactness of the folding: the BatchNorm's ``gamma`` then gets its gradient
 through the folded weight, i.e. from the conv's weight gradient. That is
@@ -38,6 +48,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .ops import VANILLA, CompressedConv2d
 from .ops.activation import MaskedReLU, MaskedReLU6
+from .ops.dropout import MaskedDropout
 from .ops.folding import LeanBatchNorm2d, NormFolding, NormFoldingConv2d
 from .ops.pooling import ShapeOnlyAdaptiveAvgPool2d
 
@@ -63,6 +74,7 @@ class LeanBackward:
     unfolded: List[Tuple[str, str]] = field(default_factory=list)
     masked_activations: List[str] = field(default_factory=list)
     shape_only_pools: List[str] = field(default_factory=list)
+    masked_dropouts: List[str] = field(default_factory=list)
     originals: Dict[str, nn.Module] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -71,7 +83,8 @@ class LeanBackward:
                 f'{len(self.folded)} of them (trainable) folded into their '
                 f'conv, '
                 f'{len(self.masked_activations)} ReLU/ReLU6 with 1-bit '
-                f'masks, {len(self.shape_only_pools)} shape-only pooling(s)')
+                f'masks, {len(self.shape_only_pools)} shape-only pooling(s)'
+                f', {len(self.masked_dropouts)} dropout(s) with 1-bit masks')
         if self.unfolded:
             text += (f'; {len(self.unfolded)} trainable BatchNorm(s) after a '
                      "compressed conv kept unfolded (exact; 'all' folds "
@@ -145,7 +158,7 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
     if mode == 'off':
         return lean
     if any(isinstance(m, (LeanBatchNorm2d, MaskedReLU, MaskedReLU6,
-                          ShapeOnlyAdaptiveAvgPool2d))
+                          ShapeOnlyAdaptiveAvgPool2d, MaskedDropout))
            for m in model.modules()):
         raise ValueError('lean_backward: the model already has lean '
                          'modules (two compression hooks in one config?)')
@@ -180,6 +193,15 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
             _replace(model, path,
                      ShapeOnlyAdaptiveAvgPool2d(module.output_size), lean)
             lean.shape_only_pools.append(path)
+    masked: Dict[int, MaskedDropout] = {}  # one module may sit at two paths
+    for path, module in list(model.named_modules(remove_duplicate=False)):
+        if type(module) is nn.Dropout and 0.0 < module.p < 1.0 \
+                and not module.inplace:
+            if id(module) not in masked:
+                masked[id(module)] = MaskedDropout(module.p)
+                masked[id(module)].train(module.training)
+            _replace(model, path, masked[id(module)], lean)
+            lean.masked_dropouts.append(path)
     return lean
 
 

@@ -2,114 +2,47 @@
 
 Everything here works on a plain ``nn.Module`` (the unwrapped model); it
 knows nothing about runners or hooks. Layer paths are module paths as in
-``model.named_modules()``:
+``model.named_modules()``; what a path stands for (convs, linears,
+attention out-projections, and the blocks that contain them: ConvModule,
+ResNet BasicBlock, MultiheadAttention, FFN, Swin and MiT blocks) is defined
+in :mod:`mmseg_hosvd.layer_paths` (re-exported here).
 
-* an ``nn.Conv2d`` path means that conv;
-* a ``ConvModule`` path (mmcv) means its ``.conv``;
-* a ResNet ``BasicBlock`` path (mmseg) means its ``conv1`` and ``conv2``
-  (not the downsample).
+Installing compression replaces each ``nn.Conv2d`` by a
+:class:`~mmseg_hosvd.ops.CompressedConv2d` and each ``nn.Linear`` by a
+:class:`~mmseg_hosvd.ops.CompressedLinear`, sharing the *same* Parameter
+objects, so parameter names, state-dict keys and the optimizer's references
+are unchanged. The out-projection of an ``nn.MultiheadAttention`` is applied
+functionally by ``F.multi_head_attention_forward``; compressing it also
+switches the attention's class to
+:class:`~mmseg_hosvd.ops.attention.CompressedMultiheadAttention` (no new
+parameter; set back by :func:`remove_compression`), which calls
+``out_proj`` as a module. The in-projection of the attention is not
+compressed.
 
-Installing compression replaces each conv by a :class:`CompressedConv2d`
-that shares the *same* Parameter objects, so parameter names, state-dict
-keys and the optimizer's references are unchanged. The installed convs of a
-model share one :class:`~mmseg_hosvd.ops.CompressionContext` (a plain
-attribute of each conv): an input read by several of them is decomposed
-once, and the ``asi`` method keeps its per-layer state there
-(:func:`compression_state_dict` / :func:`load_compression_state_dict` move
-it in and out of checkpoints).
+The installed layers of a model share one
+:class:`~mmseg_hosvd.ops.CompressionContext` (a plain attribute of each):
+an input read by several of them is decomposed once, and the ``asi`` method
+keeps its per-layer state there (:func:`compression_state_dict` /
+:func:`load_compression_state_dict` move it in and out of checkpoints).
 """
-from dataclasses import dataclass
-from typing import (Any, Callable, Dict, Iterable, List, Optional,
-                    Sequence, Tuple, Union)
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
-from mmcv.cnn import ConvModule
 from mmengine.utils import is_seq_of
-from mmseg.models.backbones.resnet import BasicBlock
+from torch.nn.modules.activation import NonDynamicallyQuantizableLinear
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .ops import CompressedConv2d, CompressionContext, SubspaceTracker
+from .layer_paths import (CLASSIFIER_NAME, LayerSpec,  # noqa: F401
+                          classifier_paths, conv_execution_order,
+                          expand_conv_paths, expand_layer_paths, get_module,
+                          is_mha_out_proj, last_conv_paths, last_layer_paths,
+                          layer_execution_order, resolve_layers)
+from .ops import (LINEAR_METHODS, CompressedConv2d, CompressedLinear,
+                  CompressionContext, SubspaceTracker)
+from .ops.attention import CompressedMultiheadAttention
 from .ops.context import ClearAfterForward
 
-CLASSIFIER_NAME = 'conv_seg'
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One entry of a hook's ``layers``: a path and its own settings.
-
-    Args:
-        path: module path as written in the config.
-        conv_paths: the ``nn.Conv2d`` paths that ``path`` stands for.
-        eps: explained-variance threshold for HOSVD/SVD on these convs.
-        radius: Gradient Filter patch size on these convs.
-    """
-    path: str
-    conv_paths: Tuple[str, ...]
-    eps: float
-    radius: int
-
-
-def get_module(model: nn.Module, path: str, key: str) -> nn.Module:
-    """``model.get_submodule(path)`` with an error that names the config key."""
-    if not isinstance(path, str) or not path:
-        raise ValueError(f'{key}: expected a module path string, got {path!r}')
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        raise ValueError(f'{key}: path {path!r} does not exist in the model '
-                         f'({type(model).__name__})') from None
-
-
-def expand_conv_paths(model: nn.Module, path: str,
-                      key: str = 'layers') -> Tuple[str, ...]:
-    """Return the ``nn.Conv2d`` paths that a layer path stands for."""
-    module = get_module(model, path, key)
-    if isinstance(module, nn.Conv2d):
-        return (path, )
-    if isinstance(module, ConvModule):
-        return (f'{path}.conv', )
-    if isinstance(module, BasicBlock):
-        return (f'{path}.conv1', f'{path}.conv2')
-    raise ValueError(f'{key}: {path!r} is a {type(module).__name__}, not an '
-                     'nn.Conv2d, ConvModule or ResNet BasicBlock')
-
-
-def resolve_layers(model: nn.Module,
-                   layers: Sequence[Union[str, dict]],
-                   eps: float,
-                   radius: int,
-                   key: str = 'layers') -> List[LayerSpec]:
-    """Turn config entries (paths or ``dict(path=, eps=, radius=)``) into
-    :class:`LayerSpec` s; reject unknown keys and convs listed twice."""
-    specs, seen = [], {}
-    for index, entry in enumerate(layers):
-        if isinstance(entry, str):
-            entry = dict(path=entry)
-        if not isinstance(entry, dict) or 'path' not in entry:
-            raise ValueError(f'{key}[{index}]: expected a path string or a '
-                             f'dict with a "path" key, got {entry!r}')
-        unknown = set(entry) - {'path', 'eps', 'radius'}
-        if unknown:
-            raise ValueError(f'{key}[{index}]: unknown key(s) '
-                             f'{sorted(unknown)} in {entry!r}; allowed: '
-                             'path, eps, radius')
-        path = entry['path']
-        conv_paths = expand_conv_paths(model, path, f'{key}[{index}]')
-        for conv_path in conv_paths:
-            if conv_path in seen:
-                raise ValueError(
-                    f'{key}[{index}]: conv {conv_path!r} (from {path!r}) is '
-                    f'already listed by {seen[conv_path]!r}')
-            if conv_path.split('.')[-1] == CLASSIFIER_NAME:
-                raise ValueError(f'{key}[{index}]: {path!r} is the classifier'
-                                 f' {CLASSIFIER_NAME}, which is never '
-                                 'compressed')
-            seen[conv_path] = path
-        specs.append(
-            LayerSpec(path, conv_paths, entry.get('eps', eps),
-                      entry.get('radius', radius)))
-    return specs
+CompressedLayer = Union[CompressedConv2d, CompressedLinear]
 
 
 def apply_freeze(model: nn.Module, freeze: Iterable[str],
@@ -132,53 +65,35 @@ def freeze_all_but(model: nn.Module, trainable: Iterable[str]) -> None:
 
 def check_trainable(model: nn.Module, specs: Sequence[LayerSpec],
                     key: str = 'layers') -> None:
-    """Every listed conv must have a trainable weight (else nothing to
+    """Every listed layer must have a trainable weight (else nothing to
     compress for)."""
     for spec in specs:
-        for conv_path in spec.conv_paths:
-            if not model.get_submodule(conv_path).weight.requires_grad:
+        for layer_path in spec.layer_paths:
+            layer = model.get_submodule(layer_path)
+            if not layer.weight.requires_grad:
+                kind = 'conv' if isinstance(layer, nn.Conv2d) else 'linear'
                 raise ValueError(
                     f'{key}: {spec.path!r} is listed as compressed but its '
-                    f'conv {conv_path!r} is frozen by `freeze`')
+                    f'{kind} {layer_path!r} is frozen by `freeze`')
 
 
-def conv_execution_order(model: nn.Module,
-                         forward: Callable[[], object]) -> List[str]:
-    """Paths of the ``nn.Conv2d`` s of ``model`` in the order ``forward()``
-    first runs them (each path once)."""
-    order: List[str] = []
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(
-                module.register_forward_pre_hook(
-                    lambda mod, args, name=name: order.append(name)))
-    try:
-        forward()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(dict.fromkeys(order))
-
-
-def last_conv_paths(execution_order: Sequence[str], num_layers: int,
-                    key: str = 'num_layers') -> List[str]:
-    """The ``num_layers`` convs nearest the loss, classifier excluded."""
-    candidates = [
-        p for p in execution_order if p.split('.')[-1] != CLASSIFIER_NAME
-    ]
-    if num_layers > len(candidates):
-        raise ValueError(f'{key}={num_layers} but the model runs only '
-                         f'{len(candidates)} convs besides {CLASSIFIER_NAME}')
-    return candidates[-num_layers:]
-
-
-def classifier_paths(model: nn.Module) -> List[str]:
-    """Paths of the modules named ``conv_seg`` (the segmentation classifier)."""
-    return [
-        name for name, _ in model.named_modules()
-        if name.split('.')[-1] == CLASSIFIER_NAME
-    ]
+def check_methods(model: nn.Module, specs: Sequence[LayerSpec], method: str,
+                  key: str = 'layers') -> None:
+    """Each listed linear's method (the entry's own, else ``method``) must be
+    one :class:`~mmseg_hosvd.ops.CompressedLinear` supports; the error for
+    the Gradient Filter suggests the per-entry override."""
+    for index, spec in enumerate(specs):
+        layer_method = spec.method or method
+        for layer_path in spec.layer_paths:
+            if not isinstance(model.get_submodule(layer_path), nn.Linear) \
+                    or layer_method in LINEAR_METHODS:
+                continue
+            raise ValueError(
+                f'{key}: {layer_path!r} (from {spec.path!r}) is an nn.Linear'
+                f', and method={layer_method!r} is for convs only; linears '
+                f'take one of {LINEAR_METHODS}: list it as dict(path='
+                f"{layer_path!r}, method='vanilla') (or another of those "
+                'methods), or leave it out of the compressed layers')
 
 
 def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
@@ -187,46 +102,73 @@ def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
+def _compressed(model: nn.Module, path: str, spec: LayerSpec, method: str,
+                non_finite: str) -> CompressedLayer:
+    """The compressed twin of the layer at ``path`` (same Parameters)."""
+    layer = model.get_submodule(path)
+    if isinstance(layer, (CompressedConv2d, CompressedLinear)):
+        raise ValueError(
+            f'layers: {path!r} is already a {type(layer).__name__} (two '
+            'compression hooks in one config?)')
+    if isinstance(layer, nn.Conv2d):
+        compressed = CompressedConv2d.from_conv(
+            layer, method, eps=spec.eps, radius=spec.radius, name=path,
+            non_finite=non_finite)
+    else:
+        compressed = CompressedLinear.from_linear(
+            layer, method, eps=spec.eps, name=path, non_finite=non_finite)
+    compressed.train(layer.training)
+    return compressed
+
+
 def install_compression(model: nn.Module,
                         specs: Sequence[LayerSpec],
                         method: str,
                         share_inputs: bool = True,
                         subspaces: Optional[SubspaceTracker] = None,
                         non_finite: str = 'raise'
-                        ) -> Dict[str, CompressedConv2d]:
-    """Replace each listed conv by a :class:`CompressedConv2d` sharing its
-    Parameters; return them by conv path. ``vanilla`` installs convs that
-    compress nothing but still record the paper's memory count.
+                        ) -> Dict[str, CompressedLayer]:
+    """Replace each listed conv by a :class:`CompressedConv2d` and each
+    listed linear by a :class:`CompressedLinear` sharing its Parameters
+    (an ``nn.MultiheadAttention``'s ``out_proj``: also switch the attention
+    to :class:`CompressedMultiheadAttention`); return them by path.
+    ``vanilla`` installs layers that compress nothing but still record the
+    paper's memory count. Each spec's own ``method`` overrides ``method``.
 
-    All installed convs get one new :class:`~mmseg_hosvd.ops.
+    All installed layers get one new :class:`~mmseg_hosvd.ops.
     CompressionContext`; a forward hook on ``model`` clears its cache of
     decompositions after every forward, so no entry outlives the forward.
+    Everything is checked before the model is changed.
 
     Args:
-        share_inputs: decompose an input read by several installed convs
-            once (same method and eps); False decomposes per conv.
+        share_inputs: decompose an input read by several installed layers
+            once (same method and eps); False decomposes per layer.
         subspaces: the ``asi`` state (ranks rule, budget, seed); a default
             :class:`~mmseg_hosvd.ops.SubspaceTracker` if None.
-        non_finite: what the convs do with a NaN/Inf input, ``'raise'`` or
+        non_finite: what the layers do with a NaN/Inf input, ``'raise'`` or
             ``'skip'`` (see :class:`~mmseg_hosvd.ops.CompressedConv2d`).
     """
+    check_methods(model, specs, method)
     context = CompressionContext(share_inputs=share_inputs,
                                  subspaces=subspaces)
+    replacements = [(path, _compressed(model, path, spec, spec.method
+                                       or method, non_finite))
+                    for spec in specs for path in spec.layer_paths]
     installed = {}
-    for spec in specs:
-        for conv_path in spec.conv_paths:
-            conv = model.get_submodule(conv_path)
-            if isinstance(conv, CompressedConv2d):
+    for path, compressed in replacements:
+        compressed.context = context
+        if is_mha_out_proj(model, path):
+            attention = model.get_submodule(path.rpartition('.')[0])
+            if type(attention) is nn.MultiheadAttention:
+                attention.__class__ = CompressedMultiheadAttention
+            elif not isinstance(attention, CompressedMultiheadAttention):
                 raise ValueError(
-                    f'layers: conv {conv_path!r} is already a '
-                    'CompressedConv2d (two compression hooks in one config?)')
-            compressed = CompressedConv2d.from_conv(
-                conv, method, eps=spec.eps, radius=spec.radius,
-                name=conv_path, non_finite=non_finite)
-            compressed.train(conv.training)
-            compressed.context = context
-            _replace_module(model, conv_path, compressed)
-            installed[conv_path] = compressed
+                    f'layers: {path!r} is the out_proj of a '
+                    f'{type(attention).__name__}, a subclass of '
+                    'nn.MultiheadAttention whose forward the plugin does not'
+                    ' know; only plain nn.MultiheadAttention is supported')
+        _replace_module(model, path, compressed)
+        installed[path] = compressed
     if installed and share_inputs:
         context.hook_handle = model.register_forward_hook(
             ClearAfterForward(context))
@@ -234,19 +176,19 @@ def install_compression(model: nn.Module,
 
 
 def compression_context(model: nn.Module) -> Optional[CompressionContext]:
-    """The context shared by the installed convs of ``model`` (None if no
-    conv is installed); ValueError if they do not share one."""
+    """The context shared by the installed layers of ``model`` (None if no
+    layer is installed); ValueError if they do not share one."""
     contexts = {id(c.context): c.context
-                for c in compressed_convs(model).values()}
+                for c in compressed_layers(model).values()}
     if len(contexts) > 1:
-        raise ValueError(f'the compressed convs of {type(model).__name__} '
+        raise ValueError(f'the compressed layers of {type(model).__name__} '
                          f'use {len(contexts)} different contexts')
     return next(iter(contexts.values()), None)
 
 
 def compression_state_dict(model: nn.Module) -> Dict[str, Any]:
     """The compression state of ``model`` (``asi`` ranks and bases), tensors
-    only, as nested dicts; ``{}`` without installed convs."""
+    only, as nested dicts; ``{}`` without installed layers."""
     context = compression_context(model)
     return {} if context is None else context.state_dict()
 
@@ -254,31 +196,61 @@ def compression_state_dict(model: nn.Module) -> Dict[str, Any]:
 def load_compression_state_dict(model: nn.Module,
                                 state: Dict[str, Any]) -> None:
     """Restore :func:`compression_state_dict` output; the tensors go to the
-    device of the first installed conv."""
+    device of the first installed layer."""
     context = compression_context(model)
     if context is None:
         raise ValueError('load_compression_state_dict: the model has no '
-                         'installed compressed conv')
-    device = next(iter(compressed_convs(model).values())).weight.device
+                         'installed compressed layer')
+    device = next(iter(compressed_layers(model).values())).weight.device
     context.load_state_dict(state, device=device)
 
 
+def _plain_linear(model: nn.Module, path: str,
+                  compressed: CompressedLinear) -> nn.Linear:
+    """``compressed.to_linear()``; an attention's ``out_proj`` gets back
+    its own class, ``NonDynamicallyQuantizableLinear``."""
+    if not is_mha_out_proj(model, path):
+        return compressed.to_linear()
+    linear = NonDynamicallyQuantizableLinear(
+        compressed.in_features, compressed.out_features,
+        bias=compressed.bias is not None, device='meta')
+    linear.weight, linear.bias = compressed.weight, compressed.bias
+    linear.train(compressed.training)
+    return linear
+
+
 def remove_compression(model: nn.Module) -> int:
-    """Put plain ``nn.Conv2d`` s back; return how many were replaced."""
-    paths = [
-        name for name, module in model.named_modules()
-        if isinstance(module, CompressedConv2d)
-    ]
-    for path in paths:
-        handle = model.get_submodule(path).context.hook_handle
+    """Put plain ``nn.Conv2d`` s, ``nn.Linear`` s and
+    ``nn.MultiheadAttention`` s back; return how many layers were
+    replaced."""
+    layers = compressed_layers(model)
+    for path, layer in layers.items():
+        handle = layer.context.hook_handle
         if handle is not None:
             handle.remove()
-        _replace_module(model, path, model.get_submodule(path).to_conv())
-    return len(paths)
+            layer.context.hook_handle = None
+        plain = layer.to_conv() if isinstance(layer, CompressedConv2d) \
+            else _plain_linear(model, path, layer)
+        _replace_module(model, path, plain)
+    for module in model.modules():
+        if type(module) is CompressedMultiheadAttention:
+            module.__class__ = nn.MultiheadAttention
+    return len(layers)
+
+
+def compressed_layers(model: nn.Module) -> Dict[str, CompressedLayer]:
+    """The installed :class:`CompressedConv2d` s and
+    :class:`CompressedLinear` s of ``model`` by path."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (CompressedConv2d, CompressedLinear))
+    }
 
 
 def compressed_convs(model: nn.Module) -> Dict[str, CompressedConv2d]:
-    """The installed :class:`CompressedConv2d` s of ``model`` by path."""
+    """The installed :class:`CompressedConv2d` s of ``model`` by path (see
+    :func:`compressed_layers` for linears too)."""
     return {
         name: module
         for name, module in model.named_modules()

@@ -73,5 +73,5 @@ def test_text_log_shows_memory(demo_run):
     with open(log) as f:
         text = f.read()
     assert 'act_mem_mib: ' in text and 'act_kept_mib: ' in text
-    assert 'ActivationCompressionHook: method=hosvd, 5 conv(s) compressed' \
+    assert 'ActivationCompressionHook: method=hosvd, 5 layer(s) compressed' \
         in text

@@ -115,7 +115,7 @@ def test_execution_order_and_last_convs():
         'block.conv2', 'decode_head.bottleneck.conv'
     ]
     with pytest.raises(ValueError, match='num_layers=5 but the model runs '
-                       'only 4 convs'):
+                       'only 4 layers'):
         last_conv_paths(order, 5)
 
 

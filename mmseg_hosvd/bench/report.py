@@ -10,9 +10,12 @@ import math
 from typing import Dict, Optional, Sequence
 
 from ..ops import COMPRESSED_BACKWARD_NODES
+from ..ops.linear_functions import LINEAR_BACKWARD_NODES
 
-#: autograd nodes of the plugin's compressed convs
+#: autograd nodes of the plugin's compressed convs and linears
 COMPRESSED_NODES = tuple(COMPRESSED_BACKWARD_NODES)
+#: those of the compressed linears
+COMPRESSED_LINEAR_NODES = tuple(LINEAR_BACKWARD_NODES)
 #: their saved weight (the Parameter for HOSVD/SVD and for the dilated
 #: Gradient Filter, else a per-step tensor: the Gradient Filter's
 #: kernel-summed weight, or the BN-folded weight of ``lean_backward``)
@@ -25,22 +28,43 @@ def _op(key: str) -> str:
     return key.split('.', 1)[0]
 
 
+def _compressed_factor(key: str, nodes: tuple) -> bool:
+    return _op(key) in nodes and key not in COMPRESSED_WEIGHTS
+
+
 #: coarse groups of the whole-step breakdown, matched in order on the
 #: ``'<node name>.<attribute>'`` keys of ``GraphBreakdown.by_saved``:
-#: (group, column label, predicate)
+#: (group, column label, predicate). Transformer ops: ``attention`` is what
+#: the attention keeps (softmax probabilities, and q, k, v saved by the
+#: products ``q @ k^T`` and ``attn @ v`` or by fused attention kernels; a
+#: loss built on a plain softmax would count there too), ``linear`` the
+#: inputs kept by plain (uncompressed) linears, ``layer_norm`` and
+#: ``gelu`` the inputs of those ops, ``dropout_mask`` dropout masks
+#: (``nn.Dropout``'s own on CUDA, the 1-bit masks of ``lean_backward``; on
+#: the CPU ``F.dropout`` keeps a float mask as a ``MulBackward0``: other).
 OP_GROUPS = (
     ('conv', 'conv inputs', lambda k: _op(k).startswith('Convolution')),
     ('bn', 'BN inputs', lambda k: 'BatchNorm' in _op(k)),
+    ('layer_norm', 'LayerNorm inputs', lambda k: 'LayerNorm' in _op(k)),
+    ('gelu', 'GELU inputs', lambda k: _op(k).startswith('Gelu')),
     ('relu', 'ReLU outputs', lambda k: _op(k).startswith(
         ('Relu', 'Hardtanh', 'Threshold', 'LeakyRelu'))),
     ('relu_mask', 'ReLU 1-bit masks', lambda k: _op(k).startswith(
         '_MaskedClampBackward')),
-    ('compressed', 'compressed factors', lambda k: _op(k) in COMPRESSED_NODES
-     and k not in COMPRESSED_WEIGHTS),
+    ('dropout_mask', 'dropout masks', lambda k: _op(k).startswith(
+        ('NativeDropout', '_MaskedDropoutBackward'))),
+    ('attention', 'attention (softmax, q/k/v)', lambda k: _op(k).startswith(
+        ('Softmax', 'Bmm', 'Baddbmm', 'ScaledDotProduct'))),
+    ('linear', 'linear inputs', lambda k: _op(k).startswith(
+        ('Addmm', 'MmBackward', 'LinearBackward'))),
+    ('compressed', 'compressed conv factors',
+     lambda k: _compressed_factor(k, tuple(
+         n for n in COMPRESSED_NODES if n not in COMPRESSED_LINEAR_NODES))),
+    ('compressed_linear', 'compressed linear factors',
+     lambda k: _compressed_factor(k, COMPRESSED_LINEAR_NODES)),
     ('weight_sums', 'step weights', lambda k: k in COMPRESSED_WEIGHTS),
     ('loss', 'loss', lambda k: _op(k).startswith(
-        ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'Softmax',
-         'ResizeCrossEntropy'))),
+        ('LogSoftmax', 'NllLoss', 'CrossEntropy', 'ResizeCrossEntropy'))),
     ('other', 'other', lambda k: True),
 )
 

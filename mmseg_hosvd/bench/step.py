@@ -242,7 +242,7 @@ class TrainingStep:
         return list(self.model.parameters()) + list(self.model.buffers())
 
     def last_stats(self) -> Dict[str, Any]:
-        """The installed convs' ``last_stats`` of the latest forward."""
+        """The installed layers' ``last_stats`` of the latest forward."""
         return {
             path: conv.last_stats
             for path, conv in self.installed.items()

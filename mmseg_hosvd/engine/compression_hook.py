@@ -1,4 +1,4 @@
-"""The compression hook: freezing, compressed convs, lean modules, BN eval."""
+"""The compression hook: freezing, compressed layers, lean modules, BN eval."""
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -9,17 +9,17 @@ from mmengine.registry import HOOKS
 from torch.nn.parallel import DistributedDataParallel
 
 from ..ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
-                   CompressedConv2d, SubspaceTracker, check_eps)
+                   SubspaceTracker, check_eps)
 from ..lean_backward import (LeanBackward, check_lean_backward,
                              install_lean_backward)
 from ..lean_loss import install_lean_loss
 from ..ops.gradient_filter import check_radius
-from ..surgery import (apply_freeze, batch_norms, check_trainable,
-                       classifier_paths, compression_state_dict,
-                       conv_execution_order, freeze_all_but,
-                       install_compression, last_conv_paths,
-                       load_compression_state_dict, optional_list,
-                       resolve_layers, set_norm_eval,
+from ..surgery import (CompressedLayer, apply_freeze, batch_norms,
+                       check_methods, check_trainable, classifier_paths,
+                       compression_state_dict, freeze_all_but,
+                       install_compression, last_layer_paths,
+                       layer_execution_order, load_compression_state_dict,
+                       optional_list, resolve_layers, set_norm_eval,
                        trainable_parameter_names)
 from .guard_hook import NonFiniteStepGuardHook, step_guard
 
@@ -31,13 +31,17 @@ CHECKPOINT_KEY = 'compression_state'
 @HOOKS.register_module()
 class ActivationCompressionHook(Hook):
     """Freeze a model, keep its BN layers in eval mode and compress the saved
-    inputs of its trainable convs.
+    inputs of its trainable convs and linears (CNNs and transformer
+    segmentors alike: SegFormer's MiT, Swin).
 
     Runs in ``before_run``, i.e. after the runner built the optimizer and
     wrapped the model, and before ``load_from``/``--resume``: convs are
-    replaced by :class:`~mmseg_hosvd.ops.CompressedConv2d` s sharing the same
-    Parameter objects, so the optimizer, DDP and state-dict keys are
-    unaffected.
+    replaced by :class:`~mmseg_hosvd.ops.CompressedConv2d` s and linears by
+    :class:`~mmseg_hosvd.ops.CompressedLinear` s sharing the same Parameter
+    objects, so the optimizer, DDP and state-dict keys are unaffected (an
+    ``nn.MultiheadAttention`` whose ``out_proj`` is compressed becomes a
+    :class:`~mmseg_hosvd.ops.attention.CompressedMultiheadAttention`, which
+    calls it as a module; its in-projection is not compressed).
 
     The ``asi`` state (per-layer ranks and bases, plain attributes, not in
     ``state_dict``) goes into every checkpoint as ``checkpoint[
@@ -62,14 +66,22 @@ class ActivationCompressionHook(Hook):
         share_inputs: decompose an input read by several compressed convs
             (e.g. DeepLabV3's ASPP branches) once.
         radius: Gradient Filter patch size (>= 1).
-        layers: module paths to compress: an ``nn.Conv2d``, a ``ConvModule``
-            (its ``.conv``) or a ResNet ``BasicBlock`` (``conv1`` and
-            ``conv2``); an entry may be ``dict(path=..., eps=..., radius=...)``
-            to override ``eps``/``radius`` for that layer.
+        layers: module paths to compress: an ``nn.Conv2d``, an
+            ``nn.Linear``, or a block standing for its layers (``ConvModule``,
+            ResNet ``BasicBlock``, ``nn.MultiheadAttention`` and mmcv's
+            wrapper (the out-projection), mmcv ``FFN``, Swin ``WindowMSA`` /
+            ``ShiftWindowMSA`` / ``SwinBlock``, MiT ``MixFFN`` /
+            ``TransformerEncoderLayer``; see :mod:`mmseg_hosvd.layer_paths`);
+            an entry may be ``dict(path=..., eps=..., radius=...,
+            method=...)`` to override ``eps``/``radius``/``method`` for that
+            entry's layers (e.g. ``method='vanilla'`` for a linear in a
+            ``gradient_filter`` config: the Gradient Filter is for convs
+            only).
         num_layers: instead of ``layers`` and ``freeze``: train and compress
-            the ``num_layers`` convs nearest the loss in forward execution
-            order (found by tracing one forward pass); everything else is
-            frozen except the classifier ``conv_seg`` (trained, never
+            the ``num_layers`` layers (convs, linears, attention
+            out-projections) nearest the loss in forward execution order
+            (found by tracing one forward pass); everything else is frozen
+            except the classifier ``conv_seg`` (trained, never
             compressed).
         freeze: module paths frozen in order; ``'~path'`` unfreezes.
         norm_eval: keep every BatchNorm layer in eval mode while training
@@ -105,7 +117,7 @@ class ActivationCompressionHook(Hook):
 
     Attributes:
         lean: what ``lean_backward`` installed (after ``install``).
-        compressed_paths: the paths of the installed convs.
+        compressed_paths: the paths of the installed layers.
     """
 
     priority = 'VERY_HIGH'
@@ -159,10 +171,14 @@ class ActivationCompressionHook(Hook):
                                  'explicit layers or num_layers, not both')
             if self.freeze:
                 raise ValueError('freeze and num_layers are exclusive: '
-                                 'num_layers freezes all but the last convs')
+                                 'num_layers freezes all but the last layers')
         for index, entry in enumerate(self.layers):
             if not isinstance(entry, dict):
                 continue
+            if entry.get('method', method) not in MODULE_METHODS:
+                raise ValueError(f'layers[{index}]: unknown method '
+                                 f"{entry['method']!r}; expected one of "
+                                 f'{MODULE_METHODS}')
             try:
                 if 'eps' in entry:
                     check_eps(entry['eps'])
@@ -182,7 +198,7 @@ class ActivationCompressionHook(Hook):
         self._norms = []
 
     def before_run(self, runner) -> None:
-        """Freeze the model and install the compressed convs and the lean
+        """Freeze the model and install the compressed layers and the lean
         modules (:meth:`install`), on the unwrapped model.
 
         Args:
@@ -195,26 +211,27 @@ class ActivationCompressionHook(Hook):
         trainable = trainable_parameter_names(model)
         runner.logger.info(
             f'{type(self).__name__}: method={self.method}, '
-            f'{len(installed)} conv(s) '
+            f'{len(installed)} layer(s) '
             f'{"counted" if self.method == VANILLA else "compressed"}: '
             f'{", ".join(installed)}; {len(trainable)} trainable '
             f'parameter tensor(s); BN eval: {self.norm_eval}; '
             f'{self.lean.summary()}; lean loss: {self.lean_loss}')
 
-    def install(self, model: nn.Module) -> Dict[str, CompressedConv2d]:
-        """Freeze ``model`` (unwrapped) and install the compressed convs;
-        return them by conv path. ``before_run`` calls this; benchmarks may
+    def install(self, model: nn.Module) -> Dict[str, CompressedLayer]:
+        """Freeze ``model`` (unwrapped) and install the compressed layers;
+        return them by layer path. ``before_run`` calls this; benchmarks may
         call it on a bare model."""
         if self.num_layers is not None:
-            order = conv_execution_order(model,
-                                         lambda: self._trace_forward(model))
-            layers = last_conv_paths(order, self.num_layers)
+            order = layer_execution_order(
+                model, lambda: self._trace_forward(model))
+            layers = last_layer_paths(order, self.num_layers)
             freeze_all_but(model, layers + classifier_paths(model))
         else:
             layers = self.layers
             apply_freeze(model, self.freeze)
         specs = resolve_layers(model, layers, self.eps, self.radius)
         check_trainable(model, specs)
+        check_methods(model, specs, self.method)
         subspaces = SubspaceTracker(budget_mib=self.budget_mib,
                                     seed=self.seed, init=self.init)
         installed = install_compression(model, specs, self.method,
@@ -309,7 +326,8 @@ class ActivationCompressionHook(Hook):
 
     def _trace_forward(self, model: torch.nn.Module) -> None:
         param = next(model.parameters())
-        inputs = torch.zeros(1, 3, *self.trace_size, device=param.device)
+        inputs = torch.zeros(1, 3, *self.trace_size, device=param.device,
+                             dtype=param.dtype)
         was_training = model.training
         model.eval()
         try:

@@ -10,7 +10,7 @@ from mmengine.registry import HOOKS
 from torch.utils.hooks import RemovableHandle
 
 from ..ops import non_finite_layers
-from ..surgery import compressed_convs
+from ..surgery import compressed_layers
 
 
 @HOOKS.register_module()
@@ -99,11 +99,11 @@ class NonFiniteStepGuardHook(Hook):
 
     @staticmethod
     def _last_stats(model: torch.nn.Module) -> dict:
-        """``last_stats`` of the compressed convs of ``model`` by path."""
+        """``last_stats`` of the compressed layers of ``model`` by path."""
         model = model.module if is_model_wrapper(model) else model
         return {
             path: conv.last_stats
-            for path, conv in compressed_convs(model).items()
+            for path, conv in compressed_layers(model).items()
             if conv.last_stats is not None
         }
 

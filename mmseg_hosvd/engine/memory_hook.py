@@ -12,7 +12,7 @@ from mmengine.registry import HOOKS
 
 from ..ops import (MIB, CompressionStats, distinct_kept_bytes,
                    non_finite_layers)
-from ..surgery import compressed_convs
+from ..surgery import compressed_layers
 from .guard_hook import NonFiniteStepGuardHook
 
 
@@ -180,13 +180,13 @@ class ActivationMemoryHook(Hook):
                 hub.update_scalar(f'train/rank/{path}/{mode}', rank)
 
     def record(self, model: nn.Module) -> Dict[str, CompressionStats]:
-        """Take (and clear) ``last_stats`` of every compressed conv of
+        """Take (and clear) ``last_stats`` of every compressed layer of
         ``model`` and add them to the running summary; return them by path,
         or ``{}`` when an input was not finite (then only counted, see the
         class, and no memory scalar is logged for the iteration).
         ``after_train_iter`` calls this; benchmarks may call it directly."""
         stats = {}
-        for path, conv in compressed_convs(model).items():
+        for path, conv in compressed_layers(model).items():
             if conv.last_stats is not None:
                 stats[path] = conv.last_stats
                 conv.last_stats = None
