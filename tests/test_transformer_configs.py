@@ -470,14 +470,39 @@ def test_hook_installs_the_lists(model_name, setup, tag):
     model = build(model_name)
     hook = HOOKS.build(dict(cfg.default_hooks.compression))
     installed = hook.install(model)
-    layers = LAYERS[(model_name, setup)][1]
-    assert len(installed) == len(layers)
-    for path, _ in layers:
-        assert any(p == path or p.startswith(f'{path}.') for p in installed), (
-            path, list(installed))
+    method = METHODS[tag][0]
+    expected = {}
+    for path, radius in LAYERS[(model_name, setup)][1]:
+        if radius is None:  # the attention's out-projection, a linear
+            linear_method = 'vanilla' if method == 'gradient_filter' else method
+            expected[f'{path}.out_proj'] = linear_method
+        else:
+            (name, ) = layer_names(model, path)
+            expected[name] = method
+    assert {path: m.method for path, m in installed.items()} == expected
+    if (model_name, setup) == ('SegFormer', '10l'):
+        assert type(model.get_submodule(MHA)).__name__ == (
+            'CompressedMultiheadAttention')
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {'decode_head.conv_seg.weight',
             'decode_head.conv_seg.bias'} <= trainable
+
+
+@pytest.mark.parametrize('model_name,setup', [
+    ('SegFormer', '5l'), ('Swin', '5l'), ('Swin', '10l'),
+    pytest.param('SegFormer', '10l', marks=needs_linear)
+])
+def test_num_layers_picks_the_listed_layers(model_name, setup):
+    """The hook's own tracing (``num_layers``) finds the same layers."""
+    listed = load(leaf_path(model_name, setup, 'hosvd-eps0.8'))
+    model = build(model_name)
+    by_list = set(HOOKS.build(dict(listed.default_hooks.compression)).install(
+        model))
+    model = build(model_name)
+    hook = HOOKS.build(
+        dict(type='ActivationCompressionHook', method='hosvd', eps=0.8,
+             num_layers=5 if setup == '5l' else 10))
+    assert set(hook.install(model)) == by_list
 
 
 # ------------------------------------------------------------------- demo
