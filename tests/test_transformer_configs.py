@@ -1,5 +1,5 @@
-"""The transformer segmentors' configs: SegFormer MiT-B0 (``configs/segformer``)
-and UPerNet Swin-T (``configs/swin``), 14 fine-tuning leaves and one
+"""The transformer segmentors' configs: SegFormer MiT-B0
+(``configs/segformer``) and UPerNet Swin-T (``configs/swin``), 14 fine-tuning leaves and one
 calibration config each, and the SegFormer demo (``configs/demo``).
 
 Every config parses; its model is mmseg's (checked against mmseg's own
@@ -64,7 +64,8 @@ TRANSFORMERS = {
         'https://download.openmmlab.com/mmsegmentation/v0.5/swin/'
         'upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_pretrain_'
         '224x224_1K/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_'
-        'pretrain_224x224_1K_20210531_112542-e380ad3e.pth', 'checkpoints/ade20k'),
+        'pretrain_224x224_1K_20210531_112542-e380ad3e.pth',
+        'checkpoints/ade20k'),
 }
 SETUPS = ('5l', '10l')
 # file-name tag: (method, eps or None)
@@ -474,8 +475,8 @@ def test_hook_installs_the_lists(model_name, setup, tag):
     expected = {}
     for path, radius in LAYERS[(model_name, setup)][1]:
         if radius is None:  # the attention's out-projection, a linear
-            linear_method = 'vanilla' if method == 'gradient_filter' else method
-            expected[f'{path}.out_proj'] = linear_method
+            expected[f'{path}.out_proj'] = (
+                'vanilla' if method == 'gradient_filter' else method)
         else:
             (name, ) = layer_names(model, path)
             expected[name] = method
@@ -543,7 +544,8 @@ def test_demo_mim_train(tmp_path, tiny_voc):
         command, capture_output=True, text=True, cwd=REPO,
         env=dict(train_env(), OMP_NUM_THREADS='1', MKL_NUM_THREADS='1'),
         timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout[-3000:] +
+                                    result.stderr[-3000:])
     assert 'mIoU' in last_val_metrics(work_dir)
     with open(osp.join(work_dir, 'activation_memory.json')) as f:
         memory = json.load(f)
