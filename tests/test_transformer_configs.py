@@ -555,3 +555,37 @@ def test_demo_mim_train(tmp_path, tiny_voc):
     checkpoint = torch.load(osp.join(work_dir, 'iter_2.pth'),
                             map_location='cpu', weights_only=True)
     assert 'decode_head.conv_seg.weight' in checkpoint['state_dict']
+
+
+@pytest.mark.parametrize('model_name,tag', [
+    ('Swin', 'gradient-filter'),
+    pytest.param('SegFormer', 'gradient-filter', marks=needs_linear),
+    pytest.param('SegFormer', 'asi-eps0.8', marks=needs_linear),
+])
+def test_10l_leaf_trains_two_iterations(tmp_path, tiny_voc, model_name, tag):
+    """The real 10L leaf, shrunk to tiny data: the Gradient Filter with a
+    linear counted as vanilla (SegFormer), r=1 on the pooled maps (Swin),
+    ASI through the attention."""
+    from mmengine.runner import Runner
+
+    from conftest import tiny_run_cfg
+    from test_training import SnapshotHook
+    cfg = tiny_run_cfg(load(leaf_path(model_name, '10l', tag)),
+                       str(tmp_path), tiny_voc, val=False)
+    runner = Runner.from_cfg(cfg)
+    snapshot = SnapshotHook()  # after weight init and freezing
+    runner.register_hook(snapshot)
+    runner.train()
+    assert runner.iter == 2
+    changed = {
+        n
+        for n, p in runner.model.named_parameters()
+        if not torch.equal(p, snapshot.params[n])
+    }
+    _, layers = LAYERS[(model_name, '10l')]
+    for path, _ in layers:
+        suffix = '.out_proj.weight' if path == MHA else '.weight'
+        name = path + ('.conv' if path.startswith('decode_head') else '')
+        assert name + suffix in changed, path
+    assert all(
+        n.startswith(('decode_head', 'backbone.layers.3.1')) for n in changed)
