@@ -1,6 +1,7 @@
 """The transformer segmentors' configs: SegFormer MiT-B0
-(``configs/segformer``) and UPerNet Swin-T (``configs/swin``), 14 fine-tuning leaves and one
-calibration config each, and the SegFormer demo (``configs/demo``).
+(``configs/segformer``) and UPerNet Swin-T (``configs/swin``), 14
+fine-tuning leaves and one calibration config each, and the SegFormer demo
+(``configs/demo``).
 
 Every config parses; its model is mmseg's (checked against mmseg's own
 config) with our documented changes, and builds without network access; the
