@@ -139,3 +139,21 @@ def test_breakdown_names_transformer_ops():
     x = torch.randn(3, 4, requires_grad=True)
     plain = nn.Linear(4, 2)(x).grad_fn
     assert op_group(f'{plain.name()}._saved_mat1') == 'linear'
+
+
+def test_shifted_windows_train():
+    """Swin with two blocks per stage: the last block shifts its windows
+    (attention mask); its linears train compressed."""
+    model = tm.build('swin', depths=(2, 2, 2, 2))
+    hook = ActivationCompressionHook(method='hosvd', num_layers=14)
+    installed = hook.install(model)
+    assert 'backbone.stages.3.blocks.1.attn.w_msa.qkv' in installed
+    assert model.get_submodule('backbone.stages.3.blocks.1.attn').shift_size
+    weight = installed['backbone.stages.3.blocks.1.attn.w_msa.qkv'].weight
+    before = weight.detach().clone()
+    optim = OptimWrapper(torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.1))
+    model.train()
+    hook.set_norm_eval()
+    assert torch.isfinite(model.train_step(tm.batch(), optim)['loss'])
+    assert not torch.equal(weight, before)
