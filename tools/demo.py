@@ -7,6 +7,8 @@
    :class:`ActivationMemoryHook` wrote to the work_dir.
 
 Usage: python tools/demo.py [--work-dir work_dirs/demo] [--config ...]
+(the transformer demo: ``--config
+configs/demo/segformer_mit-b0_10l-hosvd-eps0.8_tiny-voc-64x64.py``).
 """
 import argparse
 import glob
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import List, Sequence
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO not in sys.path:
@@ -35,6 +38,27 @@ def mim_executable() -> str:
     if found is None:
         raise SystemExit('mim not found: run `bash tools/setup_env.sh` first')
     return found
+
+
+def train_command(config: str, work_dir: str, data_root: str,
+                  options: Sequence[str] = ()) -> List[str]:
+    """``mim train mmsegmentation CONFIG`` on the tiny dataset at
+    ``data_root``; ``options`` are further ``--cfg-options`` (``key=value``).
+    Run it from the repository root with :func:`train_env`."""
+    return [
+        mim_executable(), 'train', 'mmsegmentation', config, '--work-dir',
+        work_dir, '--cfg-options',
+        f'train_dataloader.dataset.data_root={data_root}',
+        f'val_dataloader.dataset.data_root={data_root}',
+        f'test_dataloader.dataset.data_root={data_root}', *options
+    ]
+
+
+def train_env() -> dict:
+    """The environment with the repository on ``PYTHONPATH`` (the configs'
+    ``custom_imports`` import ``mmseg_hosvd`` from it)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [REPO, os.environ.get('PYTHONPATH')])))
 
 
 def last_val_metrics(work_dir: str) -> dict:
@@ -63,17 +87,9 @@ def main() -> None:
 
     start = time.time()
     make_tiny_voc(args.data_root)
-    command = [
-        mim_executable(), 'train', 'mmsegmentation', args.config,
-        '--work-dir', args.work_dir, '--cfg-options',
-        f'train_dataloader.dataset.data_root={args.data_root}',
-        f'val_dataloader.dataset.data_root={args.data_root}',
-        f'test_dataloader.dataset.data_root={args.data_root}'
-    ]
+    command = train_command(args.config, args.work_dir, args.data_root)
     print('$ ' + ' '.join(command), flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [REPO, os.environ.get('PYTHONPATH')])))
-    subprocess.run(command, check=True, cwd=REPO, env=env)
+    subprocess.run(command, check=True, cwd=REPO, env=train_env())
 
     metrics = last_val_metrics(args.work_dir)
     with open(osp.join(args.work_dir, 'activation_memory.json')) as f:
