@@ -331,7 +331,7 @@ def row_record(args, row: Row, built: Built,
             paper_mib_mean=layer['paper_mib']['mean'],
             paper_mib_last=None,
             kept_mib_mean=layer['kept_mib']['mean'],
-            radius=installed[path].radius,
+            radius=getattr(installed[path], 'radius', None),  # convs only
             eps=installed[path].eps if method in LOW_RANK else None)
         ranks[path] = dict(last=layer['ranks']['last'],
                            mean=layer['ranks']['mean'])

@@ -15,6 +15,8 @@ MODEL_CONFIGS = {
     'deeplabv3-m': ('mobilenet_v2', 'mobilenet-v2-d8_deeplabv3'),
     'fcn': ('fcn', 'fcn_r18-d8'),
     'upernet': ('upernet', 'upernet_r18'),
+    'segformer': ('segformer', 'segformer_mit-b0'),
+    'swin': ('swin', 'upernet_swin-t'),
 }
 #: the paper's layer sets
 SETUPS = ('5L', '10L')
