@@ -160,3 +160,41 @@ def test_real_camvid_batches():
         assert image.shape[1] <= crop[0] and image.shape[2] <= crop[1]
         labels = set(sample.gt_sem_seg.data.unique().tolist())
         assert labels and labels <= set(range(11)) | {255}
+
+
+SEGFORMER_TAGS = ['vanilla', 'gradient-filter', 'svd-eps0.8', 'hosvd-eps0.8',
+                  'hosvd-eps0.9', 'asi-eps0.8']
+
+
+@pytest.mark.parametrize('depth', ['5l', '10l'])
+def test_segformer_finetune_configs_install_on_the_camvid_model(depth):
+    """Every CamVid SegFormer-B0 fine-tuning leaf: the model builds (11
+    classes, no drop path, no head dropout), its hook installs the VOC
+    layer lists, and the 10L Gradient Filter leaf keeps the attention
+    out-projection uncompressed (a linear)."""
+    from mmengine.config import Config
+    from mmseg.registry import HOOKS, MODELS
+    from mmseg.utils import register_all_modules
+
+    from mmseg_hosvd.ops import CompressedConv2d, CompressedLinear
+    register_all_modules()
+    expected = {'5l': 5, '10l': 10}[depth]
+    for tag in SEGFORMER_TAGS:
+        cfg = Config.fromfile(
+            finetune_config(CAMVID_CONFIGS, 'segformer', depth, tag))
+        assert cfg.model.decode_head.num_classes == 11
+        assert cfg.model.decode_head.dropout_ratio == 0
+        assert cfg.model.backbone.drop_path_rate == 0
+        assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+        model = MODELS.build(cfg.model)
+        hook = HOOKS.build(cfg.default_hooks.compression)
+        installed = hook.install(model)
+        assert len(installed) == expected, tag
+        kinds = {type(m) for m in installed.values()}
+        if depth == '10l':
+            assert CompressedLinear in kinds
+            out_proj = installed['backbone.layers.3.1.1.attn.attn.out_proj']
+            assert out_proj.method == (
+                'vanilla' if tag == 'gradient-filter' else hook.method)
+        else:
+            assert kinds == {CompressedConv2d}
