@@ -16,17 +16,15 @@ import pytest
 import torch.nn as nn
 
 import mmseg_hosvd  # noqa: F401  (before mmseg.models: mmcv.ops fallback)
-from mmengine import Config
-from mmengine.config import config as mmengine_config
 from mmseg.registry import HOOKS, MODELS
 from mmseg.utils import register_all_modules
 
+from conftest import CONFIGS, REPO
+from leaf_configs import (METHODS, SETUPS, check_hook_settings,
+                          check_sgd_and_hooks, leaf_config_path, load)
 from mmseg_hosvd import surgery
 from mmseg_hosvd.surgery import expand_conv_paths
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CONFIGS = osp.join(REPO, 'configs')
-SUFFIX = '1xb8-20k_voc12aug-512x512'
 URL_ROOT = 'https://download.openmmlab.com/mmsegmentation/v0.5/'
 
 # model: (folder, name prefix, calibration iterations, checkpoint path)
@@ -55,18 +53,6 @@ MODELS_ = {
                 'upernet_r18_512x1024_40k_cityscapes_20220615_113231-'
                 '12ee861d.pth'),
 }
-SETUPS = ('5l', '10l')
-# file-name tag: (method, eps or None)
-METHODS = {
-    'vanilla': ('vanilla', None),
-    'gradient-filter': ('gradient_filter', None),
-    'svd-eps0.8': ('svd', 0.8),
-    'svd-eps0.9': ('svd', 0.9),
-    'hosvd-eps0.8': ('hosvd', 0.8),
-    'hosvd-eps0.9': ('hosvd', 0.9),
-    'asi-eps0.8': ('asi', 0.8),
-}
-
 # docs/paper_setup.md, "Which layers": (freeze, [(compressed path, radius)]).
 _DLV3_5L = ([
     'backbone', 'decode_head', '~decode_head.conv_seg',
@@ -164,8 +150,7 @@ ARCH = {
 
 
 def leaf_path(model, setup, tag):
-    folder, prefix = MODELS_[model][:2]
-    return osp.join(CONFIGS, folder, f'{prefix}_{setup}-{tag}_{SUFFIX}.py')
+    return leaf_config_path(*MODELS_[model][:2], setup, tag)
 
 
 def calib_path(model):
@@ -188,33 +173,7 @@ def runnable_configs():
     return sorted(found)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_mmseg_base_lookup():
-    """mmengine re-reads every metafile of mmseg's model index for each
-    ``mmseg::`` base (~0.2 s each); memoise that lookup while testing."""
-    original = mmengine_config._get_external_cfg_path
-    cache = {}
-
-    def cached(package_path, cfg_file):
-        key = (package_path, cfg_file)
-        if key not in cache:
-            try:
-                cache[key] = (True, original(package_path, cfg_file))
-            except ValueError as e:
-                cache[key] = (False, e)
-        ok, value = cache[key]
-        if not ok:
-            raise value
-        return value
-
-    mmengine_config._get_external_cfg_path = cached
-    yield
-    mmengine_config._get_external_cfg_path = original
-
-
-@functools.lru_cache(maxsize=None)
-def load(path):
-    return Config.fromfile(path)
+pytestmark = pytest.mark.usefixtures('memoised_mmseg_bases')
 
 
 @functools.lru_cache(maxsize=None)
@@ -313,12 +272,8 @@ def check_common(cfg, model_name, calibration):
 
     # optimizer shared by fine-tuning and calibration (UPerNet fine-tuning
     # overrides the weight decay)
-    opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.momentum) == ('SGD', 0.01, 0.9)
+    check_sgd_and_hooks(cfg)
     assert cfg.train_cfg.type == 'IterBasedTrainLoop'
-    hooks = cfg.default_hooks
-    assert hooks.weights_only_checkpoint.type == 'WeightsOnlyCheckpointHook'
-    assert cfg.get('custom_hooks') is None
 
 
 @pytest.mark.parametrize('model_name,setup,tag', LEAVES)
@@ -350,14 +305,8 @@ def test_finetune_leaf(model_name, setup, tag):
 
     # the compression hook: method/eps from the name, layers from the paper
     hook = hook_args(cfg)
-    method, eps = METHODS[tag]
-    assert hook['method'] == method
-    if eps is not None:
-        assert hook['eps'] == eps
-    assert hook.get('norm_eval', True) is True
-    assert hook.get('num_layers') is None
     freeze, layers = PAPER_LAYERS[(model_name, setup)]
-    assert list(hook['freeze']) == freeze
+    check_hook_settings(hook, tag, freeze)
     assert [(d['path'], d['radius']) for d in hook['layers']] == layers
     assert list(cfg.freeze_layers) == freeze  # the setup base's variables
     assert list(cfg.compressed_layers) == list(hook['layers'])

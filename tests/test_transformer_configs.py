@@ -32,15 +32,15 @@ import torch.nn as nn
 import yaml
 from mmcv.cnn import ConvModule
 from mmengine import Config
-from mmengine.config import config as mmengine_config
 from mmseg.registry import HOOKS, MODELS
 from mmseg.utils import register_all_modules
 
 import mmseg_hosvd.ops
 from conftest import CONFIGS, REPO
+from leaf_configs import (METHODS, SETUPS, check_hook_settings,
+                          check_sgd_and_hooks, leaf_config_path, load)
 from mmseg_hosvd import surgery
 
-SUFFIX = '1xb8-20k_voc12aug-512x512'
 MMSEG_CONFIGS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs')
 LINEAR_SUPPORT = hasattr(mmseg_hosvd.ops, 'CompressedLinear')
 needs_linear = pytest.mark.skipif(
@@ -67,17 +67,6 @@ TRANSFORMERS = {
         '224x224_1K/upernet_swin_tiny_patch4_window7_512x512_160k_ade20k_'
         'pretrain_224x224_1K_20210531_112542-e380ad3e.pth',
         'checkpoints/ade20k'),
-}
-SETUPS = ('5l', '10l')
-# file-name tag: (method, eps or None)
-METHODS = {
-    'vanilla': ('vanilla', None),
-    'gradient-filter': ('gradient_filter', None),
-    'svd-eps0.8': ('svd', 0.8),
-    'svd-eps0.9': ('svd', 0.9),
-    'hosvd-eps0.8': ('hosvd', 0.8),
-    'hosvd-eps0.9': ('hosvd', 0.9),
-    'asi-eps0.8': ('asi', 0.8),
 }
 MHA = 'backbone.layers.3.1.1.attn.attn'
 
@@ -116,8 +105,7 @@ DEMO = osp.join(CONFIGS, 'demo',
 
 
 def leaf_path(model, setup, tag):
-    folder, prefix = TRANSFORMERS[model][:2]
-    return osp.join(CONFIGS, folder, f'{prefix}_{setup}-{tag}_{SUFFIX}.py')
+    return leaf_config_path(*TRANSFORMERS[model][:2], setup, tag)
 
 
 def calib_path(model):
@@ -134,28 +122,7 @@ def calibrated_checkpoint(model):
 LEAVES = [(m, s, t) for m in TRANSFORMERS for s in SETUPS for t in METHODS]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_mmseg_base_lookup():
-    """Memoise mmengine's lookup of ``mmseg::`` bases (it re-reads mmseg's
-    metafiles for each one)."""
-    original = mmengine_config._get_external_cfg_path
-    cache = {}
-
-    def cached(package_path, cfg_file):
-        key = (package_path, cfg_file)
-        if key not in cache:
-            try:
-                cache[key] = (True, original(package_path, cfg_file))
-            except ValueError as e:  # mmengine falls back on it
-                cache[key] = (False, e)
-        ok, value = cache[key]
-        if not ok:
-            raise value
-        return value
-
-    mmengine_config._get_external_cfg_path = cached
-    yield
-    mmengine_config._get_external_cfg_path = original
+pytestmark = pytest.mark.usefixtures('memoised_mmseg_bases')
 
 
 @pytest.fixture
@@ -167,11 +134,6 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, 'connect', refuse)
     monkeypatch.setattr(socket, 'create_connection', refuse)
-
-
-@functools.lru_cache(maxsize=None)
-def load(path):
-    return Config.fromfile(path)
 
 
 def build(model_name):
@@ -329,12 +291,8 @@ def check_data_and_runtime(cfg):
     assert crop.crop_size == (512, 512)
     assert cfg.val_dataloader.dataset.ann_file == (
         'ImageSets/Segmentation/val.txt')
-    opt = cfg.optim_wrapper.optimizer
-    assert (opt.type, opt.lr, opt.momentum) == ('SGD', 0.01, 0.9)
-    assert cfg.default_hooks.weights_only_checkpoint.type == (
-        'WeightsOnlyCheckpointHook')
+    check_sgd_and_hooks(cfg)
     assert cfg.default_hooks.non_finite_guard.type == 'NonFiniteStepGuardHook'
-    assert cfg.get('custom_hooks') is None
 
 
 @pytest.mark.parametrize('model_name,setup,tag', LEAVES)
@@ -353,14 +311,9 @@ def test_finetune_leaf(model_name, setup, tag):
     assert cfg.load_from == calibrated_checkpoint(model_name)
 
     hook = cfg.default_hooks.compression
-    method, eps = METHODS[tag]
-    assert hook['method'] == method
-    if eps is not None:
-        assert hook['eps'] == eps
-    assert hook.get('norm_eval', True) is True
-    assert hook.get('num_layers') is None
+    method = METHODS[tag][0]
     freeze, layers = LAYERS[(model_name, setup)]
-    assert list(hook['freeze']) == freeze
+    check_hook_settings(hook, tag, freeze)
     assert list(cfg.freeze_layers) == freeze
     entries = [dict(d) for d in hook['layers']]
     assert [d['path'] for d in entries] == [p for p, _ in layers]

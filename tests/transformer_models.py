@@ -22,6 +22,18 @@ PREPROCESSOR = dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                     pad_val=0, seg_pad_val=255, size=CROP)
 
 
+def decode_head(head: str, in_channels: List[int], **kwargs) -> dict:
+    """A ``head`` over the 4 backbone stages of ``in_channels`` channels:
+    16 channels, BN, cross-entropy; ``kwargs`` add head-specific keys."""
+    return dict(type=head, in_channels=in_channels, in_index=[0, 1, 2, 3],
+                channels=16, dropout_ratio=0.1, num_classes=NUM_CLASSES,
+                norm_cfg=dict(type='BN', requires_grad=True),
+                align_corners=False,
+                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False,
+                                 loss_weight=1.0, avg_non_ignore=True),
+                **kwargs)
+
+
 def segformer_cfg(drop: float = 0.0) -> dict:
     """MiT with 4 stages of one layer each, 16-16-32-32 channels;
     ``drop``: its dropout and attention-dropout rates."""
@@ -34,14 +46,7 @@ def segformer_cfg(drop: float = 0.0) -> dict:
                       sr_ratios=[4, 2, 1, 1], out_indices=(0, 1, 2, 3),
                       mlp_ratio=2, qkv_bias=True, drop_rate=drop,
                       attn_drop_rate=drop, drop_path_rate=0.0),
-        decode_head=dict(type='SegformerHead', in_channels=[16, 16, 32, 32],
-                         in_index=[0, 1, 2, 3], channels=16, dropout_ratio=0.1,
-                         num_classes=NUM_CLASSES,
-                         norm_cfg=dict(type='BN', requires_grad=True),
-                         align_corners=False,
-                         loss_decode=dict(type='CrossEntropyLoss',
-                                          use_sigmoid=False, loss_weight=1.0,
-                                          avg_non_ignore=True)),
+        decode_head=decode_head('SegformerHead', [16, 16, 32, 32]),
         train_cfg=dict(), test_cfg=dict(mode='whole'))
 
 
@@ -59,15 +64,8 @@ def swin_cfg(depths=(1, 1, 1, 1), drop: float = 0.0) -> dict:
                       drop_path_rate=0.0, patch_norm=True,
                       act_cfg=dict(type='GELU'),
                       norm_cfg=dict(type='LN')),
-        decode_head=dict(type='UPerHead', in_channels=[24, 48, 96, 192],
-                         in_index=[0, 1, 2, 3], pool_scales=(1, 2),
-                         channels=16, dropout_ratio=0.1,
-                         num_classes=NUM_CLASSES,
-                         norm_cfg=dict(type='BN', requires_grad=True),
-                         align_corners=False,
-                         loss_decode=dict(type='CrossEntropyLoss',
-                                          use_sigmoid=False, loss_weight=1.0,
-                                          avg_non_ignore=True)),
+        decode_head=decode_head('UPerHead', [24, 48, 96, 192],
+                                pool_scales=(1, 2)),
         train_cfg=dict(), test_cfg=dict(mode='whole'))
 
 

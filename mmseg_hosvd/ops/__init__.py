@@ -4,9 +4,10 @@ Modules: :mod:`.methods` (method names, checks), :mod:`.accounting` (bytes,
 :class:`CompressionStats`), :mod:`.decomposition` (HOSVD/SVD maths, on
 :mod:`.unfolding` and :mod:`.eigen`),
 :mod:`.weight_grad` (gradient maths), :mod:`.functions` (autograd
-Functions), :mod:`.functional` (:func:`compressed_conv2d`), :mod:`.conv`
-(:class:`CompressedConv2d`) and :mod:`.linear` (:class:`CompressedLinear`,
-on :mod:`.linear_functions`).
+Functions, their common backward in :mod:`.backward`), :mod:`.functional`
+(:func:`compressed_conv2d`), :mod:`.conv` (:class:`CompressedConv2d`) and
+:mod:`.linear` (:class:`CompressedLinear`, on :mod:`.linear_functions`),
+both on :mod:`.compressed_layer` (settings, shared-input factors).
 """
 from .accounting import MIB, CompressionStats, distinct_kept_bytes, \
     non_finite_layers

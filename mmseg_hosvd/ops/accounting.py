@@ -10,7 +10,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .decomposition import decomposition_dtype
+from .decomposition import SVDFactors, TuckerFactors, decomposition_dtype
+from .methods import ASI, VANILLA
 
 #: bytes in one MiB (the paper's "MB" is 2**20 bytes)
 MIB = 2**20
@@ -106,6 +107,48 @@ def storage_keys(tensors: Sequence[Tensor]) -> Tuple[StorageKey, ...]:
         key = (str(tensor.device), storage.data_ptr(), storage.nbytes())
         keys[key[:2]] = key
     return tuple(keys.values())
+
+
+def vanilla_stats(input: Tensor) -> 'CompressionStats':
+    """Stats of a ``'vanilla'`` call: the whole ``input`` is kept."""
+    return CompressionStats(method=VANILLA,
+                            input_shape=tuple(input.shape),
+                            paper_elements=input.numel(),
+                            kept_bytes=storage_bytes([input]),
+                            ranks=(),
+                            storage_keys=storage_keys([input]),
+                            non_finite=non_finite_flag(input))
+
+
+def factor_stats(method: str, input_shape: Tuple[int, ...],
+                 factors: Union[TuckerFactors, SVDFactors],
+                 ranks: Sequence[int],
+                 reused: bool) -> 'CompressionStats':
+    """Stats of a HOSVD/SVD/ASI call that keeps ``factors`` (ASI's
+    non-finite flag is read off its core, without a host sync)."""
+    tensors = factors.tensors()
+    return CompressionStats(method=method,
+                            input_shape=tuple(input_shape),
+                            paper_elements=factors.paper_elements(),
+                            kept_bytes=storage_bytes(tensors),
+                            ranks=tuple(ranks),
+                            storage_keys=storage_keys(tensors),
+                            reused=reused,
+                            non_finite=(non_finite_flag(factors.core)
+                                        if method == ASI else False))
+
+
+def non_finite_stats(method: str, input_shape: Tuple[int, ...],
+                     reused: bool) -> 'CompressionStats':
+    """Stats of a non-finite input skipped by ``non_finite='skip'``:
+    nothing kept (zero bytes, no ranks)."""
+    return CompressionStats(method=method,
+                            input_shape=tuple(input_shape),
+                            paper_elements=0,
+                            kept_bytes=0,
+                            ranks=(),
+                            reused=reused,
+                            non_finite=True)
 
 
 def distinct_kept_bytes(stats: Sequence['CompressionStats']) -> int:

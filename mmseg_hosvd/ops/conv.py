@@ -41,21 +41,21 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
-from .accounting import (CompressionStats, non_finite_flag, storage_bytes,
-                         storage_keys)
+from .accounting import CompressionStats
+from .compressed_layer import CompressedLayerMixin, share_parameters
 from .context import CompressionContext
 from .decomposition import check_eps
 from .folding import LeanBatchNorm2d, NormFolding
-from .functional import (Factors, autocast_arguments, compressed_conv2d,
-                         decompose, low_rank_conv2d, non_finite_conv2d)
+from .functional import (autocast_arguments, compressed_conv2d,
+                         low_rank_conv2d, non_finite_conv2d)
 from .functions import _ShapeOnlyPad
 from .gradient_filter import check_radius
-from .methods import (ASI, LOW_RANK_METHODS, MODULE_METHODS, VANILLA,
-                      check_method, check_non_finite)
+from .methods import (LOW_RANK_METHODS, MODULE_METHODS, VANILLA, check_method,
+                      check_non_finite)
 from .weight_grad import ConvGeometry, Pair
 
 
-class CompressedConv2d(nn.Conv2d):
+class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
     """``nn.Conv2d`` that keeps a compressed input for its weight gradient.
 
     Its :class:`~.folding.NormFolding` (:attr:`norm_folding`): after
@@ -112,6 +112,8 @@ class CompressedConv2d(nn.Conv2d):
             ``'raise'``; the message names :attr:`name`.
     """
 
+    _LAYER = 'CompressedConv2d'
+
     def __init__(self,
                  in_channels: int,
                  out_channels: int,
@@ -151,21 +153,8 @@ class CompressedConv2d(nn.Conv2d):
         #: attribute, see :meth:`fold_norm`)
         self.norm_folding = NormFolding(self.out_channels)
 
-    @property
-    def method(self) -> str:
-        return self._method
-
-    @method.setter
-    def method(self, value: str) -> None:
-        self._method = check_method(value, MODULE_METHODS)
-
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self._eps = check_eps(value)
+    def _check_method(self, value: str) -> str:
+        return check_method(value, MODULE_METHODS)
 
     @property
     def radius(self) -> int:
@@ -174,14 +163,6 @@ class CompressedConv2d(nn.Conv2d):
     @radius.setter
     def radius(self, value: int) -> None:
         self._radius = check_radius(value)
-
-    @property
-    def non_finite(self) -> str:
-        return self._non_finite
-
-    @non_finite.setter
-    def non_finite(self, value: str) -> None:
-        self._non_finite = check_non_finite(value)
 
     @classmethod
     def from_conv(cls,
@@ -214,7 +195,7 @@ class CompressedConv2d(nn.Conv2d):
                          radius=radius,
                          name=name,
                          non_finite=non_finite)
-        _share_parameters(conv, compressed)
+        share_parameters(conv, compressed)
         return compressed
 
     def to_conv(self) -> nn.Conv2d:
@@ -229,7 +210,7 @@ class CompressedConv2d(nn.Conv2d):
                          bias=self.bias is not None,
                          padding_mode=self.padding_mode,
                          device='meta')
-        _share_parameters(self, conv)
+        share_parameters(self, conv)
         return conv
 
     @property
@@ -249,22 +230,13 @@ class CompressedConv2d(nn.Conv2d):
     def _conv_forward(self, input: Tensor, weight: Tensor,
                       bias: Optional[Tensor]) -> Tensor:
         """``nn.Conv2d._conv_forward``, compressed (see the class)."""
-        compress = (torch.is_grad_enabled() and weight.requires_grad and
-                    input.numel() > 0)
-        if not compress:
+        if not self._compresses(input, weight):
             return super()._conv_forward(input, weight, bias)
         if input.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
             return self._conv_forward(input.unsqueeze(0), weight,
                                       bias).squeeze(0)
         if self.method == VANILLA:
-            self.last_stats = CompressionStats(
-                method=VANILLA,
-                input_shape=tuple(input.shape),
-                paper_elements=input.numel(),
-                kept_bytes=storage_bytes([input]),
-                ranks=(),
-                storage_keys=storage_keys([input]),
-                non_finite=non_finite_flag(input))
+            self._record_vanilla(input)
             return super()._conv_forward(input, weight, bias)
         padded_input, padding = self._explicitly_padded(input)
         geometry = ConvGeometry(_pair(self.stride), padding,
@@ -297,42 +269,14 @@ class CompressedConv2d(nn.Conv2d):
             raise ValueError(f'expected a 4-D (B, C, H, W) input, got shape '
                              f'{tuple(input.shape)}')
         cast_input, weight, bias = autocast_arguments(input, weight, bias)
-        context = self.context
-        cache = context.cache
-        config = (self.method, self.eps, cast_input.dtype, self.non_finite)
-        found = cache.get(input, config) if cache is not None else None
         with torch.autocast(input.device.type, enabled=False):
-            if found is not None:
-                factors, owner = found
-                context.aliases[self.name] = owner
-            else:
-                factors = self._decompose(cast_input.detach())
-                if cache is not None:
-                    cache.put(input, config, factors, self.name)
+            factors, reused = self._shared_factors(input, cast_input.detach())
             if factors is None:
                 return non_finite_conv2d(cast_input, weight, bias, geometry,
-                                         self.method,
-                                         reused=found is not None)
+                                         self.method, reused=reused)
             return low_rank_conv2d(cast_input, weight, bias, geometry,
                                    self.method, self.eps, self.name, 'auto',
-                                   factors=factors,
-                                   reused=found is not None)
-
-    def _decompose(self, activation: Tensor
-                   ) -> Optional[Factors]:
-        """Factors of ``activation``, or None (non-finite, ``'skip'``)."""
-        if self.method != ASI:
-            return decompose(self.method, activation, self.eps, self.name,
-                             self.non_finite)
-        try:
-            return self.context.subspaces.decompose(self.name, activation,
-                                                    self.eps)
-        except FloatingPointError as error:
-            if self.non_finite == 'skip':
-                return None
-            raise FloatingPointError(
-                f'CompressedConv2d {self.name!r} (method={self.method!r}): '
-                f'{error}') from error
+                                   factors=factors, reused=reused)
 
     def _explicitly_padded(self, input: Tensor) -> Tuple[Tensor, Pair]:
         """The input to compress and the symmetric padding left to the conv."""
@@ -345,17 +289,5 @@ class CompressedConv2d(nn.Conv2d):
         return _ShapeOnlyPad.apply(input, pads, self.padding_mode), (0, 0)
 
     def extra_repr(self) -> str:
-        text = (f'{super().extra_repr()}, method={self.method!r}, '
-                f'eps={self.eps}, radius={self.radius}')
-        if self.non_finite != 'raise':
-            text += f', non_finite={self.non_finite!r}'
-        if self.name:
-            text += f', name={self.name!r}'
-        return text
-
-
-def _share_parameters(source: nn.Conv2d, target: nn.Conv2d) -> None:
-    """Make ``target`` use ``source``'s Parameter objects and training flag."""
-    target.weight = source.weight
-    target.bias = source.bias
-    target.train(source.training)
+        return (f'{super().extra_repr()}, '
+                f'{self._settings_repr(f", radius={self.radius}")}')

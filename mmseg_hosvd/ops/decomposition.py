@@ -360,7 +360,15 @@ def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
     eps = check_eps(eps)
     data = _as_decomposition_input(x)
     matrix = data.reshape(data.shape[0], -1)
-    gram = matrix @ matrix.T
+    left = leading_gram_eigenvectors(matrix @ matrix.T, eps)
+    right = left.T @ matrix
+    return SVDFactors(left=left, right=right, shape=tuple(data.shape))
+
+
+def leading_gram_eigenvectors(gram: Tensor, eps: float) -> Tensor:
+    """Leading eigenvectors ``(n, K)`` of a symmetric Gram ``(n, n)``,
+    largest first, ``K`` its explained-variance rank at ``eps``; one host
+    synchronisation. Raises FloatingPointError if ``gram`` has NaN/Inf."""
     finite = torch.isfinite(gram).all()
     (eigenvalues, ), (eigenvectors, ) = eigh_descending(
         [torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)])
@@ -368,9 +376,7 @@ def truncated_svd(x: Tensor, eps: float) -> SVDFactors:
         [explained_variance_rank(eigenvalues, eps), finite.long()]).tolist()
     if not is_finite:
         raise FloatingPointError(NON_FINITE_MESSAGE)
-    left = _leading_columns(eigenvectors, rank)
-    right = left.T @ matrix
-    return SVDFactors(left=left, right=right, shape=tuple(data.shape))
+    return _leading_columns(eigenvectors, rank)
 
 
 def _as_decomposition_input(x: Tensor) -> Tensor:

@@ -5,13 +5,13 @@ filtered) here, and the autograd Functions of :mod:`.functions` save the
 result. :class:`~.conv.CompressedConv2d` builds on :func:`low_rank_conv2d`
 and :func:`non_finite_conv2d` to share factors between convs.
 """
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .accounting import (CompressionStats, non_finite_flag, storage_bytes,
-                         storage_keys)
+from .accounting import (CompressionStats, factor_stats, non_finite_flag,
+                         non_finite_stats, storage_bytes, storage_keys)
 from .decomposition import SVDFactors, TuckerFactors, hosvd, truncated_svd
 from .functions import (GradientFilterSpec, LowRankSpec,
                         _GradientFilterConv2dFunction, _LowRankConv2dFunction,
@@ -131,31 +131,25 @@ def low_rank_conv2d(input: Tensor,
                                           *factors.tensors())
     ranks = factors.ranks if isinstance(factors, TuckerFactors) else (
         factors.rank, )
-    stats = CompressionStats(method=method,
-                             input_shape=input_shape,
-                             paper_elements=factors.paper_elements(),
-                             kept_bytes=storage_bytes(factors.tensors()),
-                             ranks=tuple(ranks),
-                             storage_keys=storage_keys(factors.tensors()),
-                             reused=reused,
-                             non_finite=(non_finite_flag(factors.core)
-                                         if method == ASI else False))
-    return output, stats
+    return output, factor_stats(method, input_shape, factors, ranks, reused)
 
 
 def decompose(method: str, activation: Tensor, eps: float, name: str,
-              non_finite: str = 'raise') -> Optional[Factors]:
-    """HOSVD/SVD factors; None for a NaN/Inf input with ``non_finite=
-    'skip'`` (FloatingPointError naming ``name`` with ``'raise'``)."""
-    factorize = hosvd if method == 'hosvd' else truncated_svd
+              non_finite: str = 'raise', *, layer: str = 'CompressedConv2d',
+              factorize: Optional[Callable[[Tensor, float], Factors]] = None
+              ) -> Optional[Factors]:
+    """HOSVD/SVD factors (or ``factorize(activation, eps)``); None for a
+    NaN/Inf input with ``non_finite='skip'`` (FloatingPointError naming
+    ``layer`` ``name`` with ``'raise'``)."""
+    if factorize is None:
+        factorize = hosvd if method == 'hosvd' else truncated_svd
     try:
         return factorize(activation, eps)
     except FloatingPointError as error:
         if non_finite == 'skip':
             return None
         raise FloatingPointError(
-            f'CompressedConv2d {name!r} (method={method!r}): {error}'
-        ) from error
+            f'{layer} {name!r} (method={method!r}): {error}') from error
 
 
 def gradient_filter_conv2d(input: Tensor, weight: Tensor,
@@ -190,11 +184,4 @@ def non_finite_conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor],
     """``non_finite='skip'`` fallback of the low-rank methods: nothing of
     the input is kept (zero bytes, no ranks)."""
     output = _NonFiniteConv2dFunction.apply(input, weight, bias, geometry)
-    stats = CompressionStats(method=method,
-                             input_shape=tuple(input.shape),
-                             paper_elements=0,
-                             kept_bytes=0,
-                             ranks=(),
-                             reused=reused,
-                             non_finite=True)
-    return output, stats
+    return output, non_finite_stats(method, tuple(input.shape), reused)

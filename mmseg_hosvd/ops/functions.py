@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+from .backward import nan_weight_grad, saved_weight_grads
 from .decomposition import SVDFactors, TuckerFactors
 from .gradient_filter import (filter_grad_output, filtered_input_grad,
                               filtered_weight_grad)
@@ -59,18 +60,13 @@ class _LowRankConv2dFunction(Function):
     def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
         spec: LowRankSpec = ctx.spec
         weight, *factor_tensors = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_input = conv_input_grad(grad_output, spec.input_shape,
-                                         weight, spec.geometry)
-        if ctx.needs_input_grad[1]:
-            grad_weight = _low_rank_weight_grad(spec, factor_tensors,
-                                                grad_output, weight.shape)
-            grad_weight = grad_weight.to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum(dim=(0, 2, 3))
-        return (grad_input, grad_weight, grad_bias,
-                None) + (None, ) * len(factor_tensors)
+        grads = saved_weight_grads(
+            ctx, grad_output, weight,
+            lambda grad, weight: conv_input_grad(grad, spec.input_shape,
+                                                 weight, spec.geometry),
+            lambda grad, weight: _low_rank_weight_grad(
+                spec, factor_tensors, grad, weight.shape), conv_bias_grad)
+        return grads + (None, ) * (1 + len(factor_tensors))
 
 
 def _low_rank_weight_grad(spec: LowRankSpec, factor_tensors: Sequence[Tensor],
@@ -105,15 +101,17 @@ class _NonFiniteConv2dFunction(Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
         weight, = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_input = conv_input_grad(grad_output, ctx.input_shape, weight,
-                                         ctx.geometry)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.full_like(weight, float('nan'))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum(dim=(0, 2, 3))
-        return grad_input, grad_weight, grad_bias, None
+        grads = saved_weight_grads(
+            ctx, grad_output, weight,
+            lambda grad, weight: conv_input_grad(grad, ctx.input_shape,
+                                                 weight, ctx.geometry),
+            nan_weight_grad, conv_bias_grad)
+        return grads + (None, )
+
+
+def conv_bias_grad(grad_output: Tensor) -> Tensor:
+    """Exact grad_bias ``(Cout,)``: grad_output summed over ``B, H, W``."""
+    return grad_output.sum(dim=(0, 2, 3))
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,7 @@ class _GradientFilterConv2dFunction(Function):
                 input_sum.to(compute_dtype), grad_mean, ctx.weight_shape,
                 geometry.groups).to(saved_weight.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum(dim=(0, 2, 3))
+            grad_bias = conv_bias_grad(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None
 
 

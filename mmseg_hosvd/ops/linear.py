@@ -52,23 +52,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .accounting import (CompressionStats, non_finite_flag, storage_bytes,
-                         storage_keys)
+from .accounting import CompressionStats, factor_stats, non_finite_stats
+from .compressed_layer import CompressedLayerMixin, share_parameters
 from .context import CompressionContext
-from .decomposition import TuckerFactors, check_eps, hosvd
+from .decomposition import TuckerFactors, check_eps
 from .functional import Factors, autocast_arguments
 from .linear_functions import (LinearLowRankSpec, _LowRankLinearFunction,
                                _NonFiniteLinearFunction, channel_first,
                                check_linear_input, natural_view,
                                row_truncated_svd)
-from .methods import ASI, VANILLA, check_linear_method, check_non_finite
+from .methods import VANILLA, check_linear_method, check_non_finite
 
 #: tags the shared-input cache's configurations of linear layers: their
 #: factors (of the channel-last view) are never handed to a conv
 CACHE_LAYOUT = 'linear'
 
 
-class CompressedLinear(nn.Linear):
+class CompressedLinear(CompressedLayerMixin, nn.Linear):
     """``nn.Linear`` that keeps a compressed input for its weight gradient.
 
     A call is compressed when ``torch.is_grad_enabled()`` and
@@ -106,6 +106,10 @@ class CompressedLinear(nn.Linear):
             layers of a model one shared context (input sharing, ASI state).
     """
 
+    _LAYER = 'CompressedLinear'
+    _CACHE_TAG = (CACHE_LAYOUT, )
+    _SVD = staticmethod(row_truncated_svd)
+
     def __init__(self,
                  in_features: int,
                  out_features: int,
@@ -129,29 +133,8 @@ class CompressedLinear(nn.Linear):
         #: a plain attribute (nothing enters ``state_dict``)
         self.context = CompressionContext(share_inputs=False)
 
-    @property
-    def method(self) -> str:
-        return self._method
-
-    @method.setter
-    def method(self, value: str) -> None:
-        self._method = check_linear_method(value, getattr(self, 'name', ''))
-
-    @property
-    def eps(self) -> float:
-        return self._eps
-
-    @eps.setter
-    def eps(self, value: float) -> None:
-        self._eps = check_eps(value)
-
-    @property
-    def non_finite(self) -> str:
-        return self._non_finite
-
-    @non_finite.setter
-    def non_finite(self, value: str) -> None:
-        self._non_finite = check_non_finite(value)
+    def _check_method(self, value: str) -> str:
+        return check_linear_method(value, getattr(self, 'name', ''))
 
     @classmethod
     def from_linear(cls,
@@ -177,7 +160,7 @@ class CompressedLinear(nn.Linear):
                          eps=eps,
                          name=name,
                          non_finite=non_finite)
-        _share_parameters(linear, compressed)
+        share_parameters(linear, compressed)
         return compressed
 
     def to_linear(self) -> nn.Linear:
@@ -186,26 +169,17 @@ class CompressedLinear(nn.Linear):
                            self.out_features,
                            bias=self.bias is not None,
                            device='meta')
-        _share_parameters(self, linear)
+        share_parameters(self, linear)
         return linear
 
     def forward(self, input: Tensor) -> Tensor:
         """Exact ``F.linear(input, weight, bias)``, compressed (see the
         class)."""
-        compress = (torch.is_grad_enabled() and self.weight.requires_grad and
-                    input.numel() > 0)
-        if not compress:
+        if not self._compresses(input, self.weight):
             return F.linear(input, self.weight, self.bias)
         check_linear_input(input, self.name)
         if self.method == VANILLA:
-            self.last_stats = CompressionStats(
-                method=VANILLA,
-                input_shape=tuple(input.shape),
-                paper_elements=input.numel(),
-                kept_bytes=storage_bytes([input]),
-                ranks=(),
-                storage_keys=storage_keys([input]),
-                non_finite=non_finite_flag(input))
+            self._record_vanilla(input)
             return F.linear(input, self.weight, self.bias)
         output, stats = self._low_rank_forward(input, self.weight, self.bias)
         self.last_stats = stats
@@ -219,24 +193,14 @@ class CompressedLinear(nn.Linear):
         settings, else decomposed here (and cached). A non-finite input
         skipped by ``non_finite='skip'`` is cached as None."""
         cast_input, weight, bias = autocast_arguments(input, weight, bias)
-        context = self.context
-        cache = context.cache
-        config = (CACHE_LAYOUT, self.method, self.eps, cast_input.dtype,
-                  self.non_finite)
-        found = cache.get(input, config) if cache is not None else None
         with torch.autocast(input.device.type, enabled=False):
-            if found is not None:
-                factors, owner = found
-                context.aliases[self.name] = owner
-            else:
-                factors = self._decompose(natural_view(cast_input.detach()))
-                if cache is not None:
-                    cache.put(input, config, factors, self.name)
+            factors, reused = self._shared_factors(
+                input, natural_view(cast_input.detach()))
             if factors is None:
                 return self._non_finite_forward(cast_input, weight, bias,
-                                                found is not None)
+                                                reused)
             return self._factored_forward(cast_input, weight, bias, factors,
-                                          found is not None)
+                                          reused)
 
     def _factored_forward(self, input: Tensor, weight: Tensor,
                           bias: Optional[Tensor], factors: Factors,
@@ -252,60 +216,16 @@ class CompressedLinear(nn.Linear):
                                               *tensors)
         ranks = (channel_first(factors.ranks) if isinstance(
             factors, TuckerFactors) else (factors.rank, ))
-        stats = CompressionStats(
-            method=self.method,
-            input_shape=tuple(input.shape),
-            paper_elements=factors.paper_elements(),
-            kept_bytes=storage_bytes(tensors),
-            ranks=ranks,
-            storage_keys=storage_keys(tensors),
-            reused=reused,
-            non_finite=(non_finite_flag(factors.core)
-                        if self.method == ASI else False))
-        return output, stats
+        return output, factor_stats(self.method, tuple(input.shape), factors,
+                                    ranks, reused)
 
     def _non_finite_forward(self, input: Tensor, weight: Tensor,
                             bias: Optional[Tensor], reused: bool
                             ) -> Tuple[Tensor, CompressionStats]:
         """``non_finite='skip'``: nothing of the input is kept."""
         output = _NonFiniteLinearFunction.apply(input, weight, bias)
-        stats = CompressionStats(method=self.method,
-                                 input_shape=tuple(input.shape),
-                                 paper_elements=0,
-                                 kept_bytes=0,
-                                 ranks=(),
-                                 reused=reused,
-                                 non_finite=True)
-        return output, stats
-
-    def _decompose(self, activation: Tensor) -> Optional[Factors]:
-        """Factors of the natural view ``activation`` ``(D0, D1, D2, C)``,
-        or None (non-finite input, ``non_finite='skip'``)."""
-        try:
-            if self.method == ASI:
-                return self.context.subspaces.decompose(
-                    self.name, activation, self.eps)
-            factorize = hosvd if self.method == 'hosvd' else row_truncated_svd
-            return factorize(activation, self.eps)
-        except FloatingPointError as error:
-            if self.non_finite == 'skip':
-                return None
-            raise FloatingPointError(
-                f'CompressedLinear {self.name!r} (method={self.method!r}): '
-                f'{error}') from error
+        return output, non_finite_stats(self.method, tuple(input.shape),
+                                        reused)
 
     def extra_repr(self) -> str:
-        text = (f'{super().extra_repr()}, method={self.method!r}, '
-                f'eps={self.eps}')
-        if self.non_finite != 'raise':
-            text += f', non_finite={self.non_finite!r}'
-        if self.name:
-            text += f', name={self.name!r}'
-        return text
-
-
-def _share_parameters(source: nn.Linear, target: nn.Linear) -> None:
-    """Make ``target`` use ``source``'s Parameter objects and training flag."""
-    target.weight = source.weight
-    target.bias = source.bias
-    target.train(source.training)
+        return f'{super().extra_repr()}, {self._settings_repr()}'

@@ -26,10 +26,11 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .decomposition import (NON_FINITE_MESSAGE, SVDFactors, TuckerFactors,
-                            check_eps, decomposition_dtype,
-                            explained_variance_rank, truncated_svd)
-from .eigen import eigh_descending, single_threaded_lapack
+from .backward import nan_weight_grad, saved_weight_grads
+from .decomposition import (SVDFactors, TuckerFactors, check_eps,
+                            decomposition_dtype, leading_gram_eigenvectors,
+                            truncated_svd)
+from .eigen import single_threaded_lapack
 from .methods import ASI
 from .unfolding import (cheapest_mode_order, mode_chain_flops,
                         multi_mode_product)
@@ -88,15 +89,7 @@ def row_truncated_svd(x: Tensor, eps: float) -> SVDFactors:
     eps = check_eps(eps)
     data = x.detach().to(decomposition_dtype(x.dtype))
     matrix = data.reshape(rows, columns)
-    gram = matrix.T @ matrix
-    finite = torch.isfinite(gram).all()
-    (eigenvalues, ), (eigenvectors, ) = eigh_descending(
-        [torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)])
-    rank, is_finite = torch.stack(
-        [explained_variance_rank(eigenvalues, eps), finite.long()]).tolist()
-    if not is_finite:
-        raise FloatingPointError(NON_FINITE_MESSAGE)
-    leading = eigenvectors[:, -rank:].flip(-1)  # (columns, K), descending
+    leading = leading_gram_eigenvectors(matrix.T @ matrix, eps)  # (cols, K)
     with single_threaded_lapack(data.device):
         left = torch.linalg.qr(matrix @ leading).Q.contiguous()
     return SVDFactors(left=left, right=left.T @ matrix,
@@ -223,17 +216,11 @@ class _LowRankLinearFunction(Function):
     def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
         spec: LinearLowRankSpec = ctx.spec
         weight, *factor_tensors = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_input = linear_input_grad(grad_output, weight)
-        if ctx.needs_input_grad[1]:
-            grad_view = natural_view(grad_output)
-            grad_weight = _low_rank_linear_weight_grad(
-                spec, factor_tensors, grad_view).to(weight.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = linear_bias_grad(grad_output)
-        return (grad_input, grad_weight, grad_bias,
-                None) + (None, ) * len(factor_tensors)
+        grads = saved_weight_grads(
+            ctx, grad_output, weight, linear_input_grad,
+            lambda grad, weight: _low_rank_linear_weight_grad(
+                spec, factor_tensors, natural_view(grad)), linear_bias_grad)
+        return grads + (None, ) * (1 + len(factor_tensors))
 
 
 def _low_rank_linear_weight_grad(spec: LinearLowRankSpec,
@@ -263,14 +250,8 @@ class _NonFiniteLinearFunction(Function):
     @once_differentiable
     def backward(ctx, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
         weight, = ctx.saved_tensors
-        grad_input = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_input = linear_input_grad(grad_output, weight)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.full_like(weight, float('nan'))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = linear_bias_grad(grad_output)
-        return grad_input, grad_weight, grad_bias
+        return saved_weight_grads(ctx, grad_output, weight, linear_input_grad,
+                                  nan_weight_grad, linear_bias_grad)
 
 
 #: autograd node name -> index in ``saved_tensors`` of the saved weight
