@@ -163,7 +163,7 @@ def test_real_camvid_batches():
 
 
 SEGFORMER_TAGS = ['vanilla', 'gradient-filter', 'svd-eps0.8', 'hosvd-eps0.8',
-                  'hosvd-eps0.9', 'asi-eps0.8']
+                  'hosvd-eps0.9', 'asi-eps0.8', 'hosvd-eps0.8-lean-all']
 
 
 @pytest.mark.parametrize('depth', ['5l', '10l'])

@@ -23,6 +23,9 @@ METHODS = {
     'hosvd-eps0.8': ('hosvd', 0.8),
     'hosvd-eps0.9': ('hosvd', 0.9),
     'asi-eps0.8': ('asi', 0.8),
+    # the plugin's leanest mode: lean_backward='all' (trainable BatchNorms
+    # after compressed convs folded too) and lean_loss=True
+    'hosvd-eps0.8-lean-all': ('hosvd', 0.8),
 }
 #: the evaluation splits: dusk (the target) and daytime (what is forgotten)
 SPLITS = ('target_val', 'val')

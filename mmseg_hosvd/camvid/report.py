@@ -19,6 +19,7 @@ COLOURS = {
     'hosvd-eps0.8': 'tab:blue',
     'hosvd-eps0.9': 'tab:purple',
     'asi-eps0.8': 'tab:red',
+    'hosvd-eps0.8-lean-all': 'tab:cyan',
 }
 MARKERS = {'5l': 'o', '10l': 's'}
 
