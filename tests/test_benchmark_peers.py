@@ -225,3 +225,12 @@ def test_rows_of_a_table_carry_their_per_round_time_ratio(peers):
         first = records[0]['step_time_s'][0]
         assert record['step_time_ratio_per_round'] == pytest.approx(
             record['step_time_s'][0] / first)
+
+
+def test_short_preset_is_a_subset_of_which_to_pick():
+    from mmseg_hosvd.bench.presets import PRESETS
+    short, full = PRESETS['which-to-pick-short'], PRESETS['which-to-pick']
+    assert len(short) == 5 and set(short) <= set(full)
+    # in the full preset's order
+    assert [full.index(row) for row in short] == sorted(
+        full.index(row) for row in short)

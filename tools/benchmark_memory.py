@@ -164,7 +164,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         '--lean-loss and --amp (which-to-pick: vanilla, vanilla with '
         'lean_backward exact + lean loss, checkpoint, vanilla amp, '
         'gradient filter, hosvd 0.8 exact, hosvd 0.8 all + lean loss, asi '
-        '0.8 all + lean loss, hosvd 0.8 all + lean loss amp)')
+        '0.8 all + lean loss, hosvd 0.8 all + lean loss amp; '
+        'which-to-pick-short: its vanilla, checkpoint, vanilla amp and the '
+        'two hosvd all + lean loss rows)')
     parser.add_argument('--batch-size', type=positive_int, default=8)
     parser.add_argument('--crop', nargs=2, type=positive_int,
                         default=[512, 512], metavar=('H', 'W'))

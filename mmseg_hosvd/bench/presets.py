@@ -4,7 +4,9 @@ A preset is a list of :class:`PresetRow` s: the method and variant flags of
 each row, run for every model and setup. ``which-to-pick`` is the README's
 "Which to pick" table: plain partial fine-tuning and what PyTorch and
 MMSegmentation already offer (activation checkpointing, mixed precision)
-beside the compression methods in their default and best modes.
+beside the compression methods in their default and best modes;
+``which-to-pick-short`` keeps five of its rows (vanilla, checkpointing,
+vanilla AMP, HOSVD in its leanest mode, with and without AMP).
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -39,6 +41,15 @@ PRESETS: Dict[str, Tuple[PresetRow, ...]] = {
         PresetRow('hosvd', 0.8, lean_backward='exact'),
         PresetRow('hosvd', 0.8, lean_backward='all', lean_loss=True),
         PresetRow('asi', 0.8, lean_backward='all', lean_loss=True),
+        PresetRow('hosvd', 0.8, lean_backward='all', lean_loss=True,
+                  amp=True),
+    ),
+    # the same comparison in five rows, for the heaviest models on a CPU
+    'which-to-pick-short': (
+        PresetRow('vanilla'),
+        PresetRow('checkpoint'),
+        PresetRow('vanilla', amp=True),
+        PresetRow('hosvd', 0.8, lean_backward='all', lean_loss=True),
         PresetRow('hosvd', 0.8, lean_backward='all', lean_loss=True,
                   amp=True),
     ),
