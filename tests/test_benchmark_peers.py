@@ -234,3 +234,24 @@ def test_short_preset_is_a_subset_of_which_to_pick():
     # in the full preset's order
     assert [full.index(row) for row in short] == sorted(
         full.index(row) for row in short)
+
+
+def test_comparison_table_by_hand():
+    from mmseg_hosvd.bench.report import comparison_table
+    base = dict(setup='10L', eps=None, lean_backward='off')
+    records = [
+        dict(base, model='fcn', method='vanilla', step_peak_mib=400.0,
+             step_saved_mib_mean=200.0, step_time_ratio_per_round=1.0),
+        dict(base, model='fcn', method='hosvd', eps=0.8,
+             lean_backward='all', lean_loss=True, step_peak_mib=100.0,
+             step_saved_mib_mean=20.0, step_time_ratio_per_round=1.1),
+        dict(base, model='upernet', method='vanilla', step_peak_mib=50.0,
+             step_saved_mib_mean=10.0, step_time_ratio_per_round=None),
+    ]
+    lines = comparison_table(records).splitlines()
+    cells = [[c.strip() for c in line.strip('|').split('|')]
+             for line in lines[2:]]
+    assert cells[1][2:] == ['hosvd eps=0.8, lean all, lean loss', '100.0',
+                            '0.250', '20.0', '0.100', '1.10']
+    # each model is compared with its own first row
+    assert cells[2][3:] == ['50.0', '1.000', '10.0', '1.000', '-']

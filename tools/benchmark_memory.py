@@ -76,9 +76,9 @@ from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
                                synthetic_batches)
 from mmseg_hosvd.bench.presets import PRESETS  # noqa: E402
 from mmseg_hosvd.bench.report import (OP_GROUPS,  # noqa: E402,F401
-                                      group_shares, markdown_table,
-                                      method_label, op_group, plot,
-                                      write_csv)
+                                      comparison_table, group_shares,
+                                      markdown_table, method_label,
+                                      op_group, plot, write_csv)
 from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
 from mmseg_hosvd.ops import MIB  # noqa: E402
 
@@ -478,6 +478,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     plot(records, osp.join(args.out, 'memory.png'))
     print()
     print(markdown_table(records))
+    print()
+    print(comparison_table(records))
     print(f'\nMiB = 2**20 bytes. paper = the paper\'s count of the compressed '
           f'(vanilla: counted) layers, fp32; kept = bytes those layers really '
           f'keep; step saved = every activation storage autograd saves for '

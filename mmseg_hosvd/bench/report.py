@@ -158,6 +158,30 @@ def markdown_table(records: Sequence[dict]) -> str:
                     colalign=['left'] * 3 + ['right'] * (len(header) - 3))
 
 
+def comparison_table(records: Sequence[dict]) -> str:
+    """GitHub markdown table comparing each record with the first record
+    of its model and setup (a preset's first row, vanilla): step peak and
+    whole-step saved MiB, their ratios, and the per-round time ratio."""
+    from tabulate import tabulate
+    header = ['model', 'setup', 'row', 'step peak MiB', 'peak / first',
+              'step saved MiB', 'saved / first', 'time / first']
+    firsts: dict = {}
+    rows = []
+    for r in records:
+        first = firsts.setdefault((r['model'], r['setup']), r)
+        rows.append([
+            r['model'], r['setup'], method_label(r),
+            fmt(r.get('step_peak_mib'), 1),
+            fmt(r['step_peak_mib'] / first['step_peak_mib'], 3),
+            fmt(r['step_saved_mib_mean'], 1),
+            fmt(r['step_saved_mib_mean'] / first['step_saved_mib_mean'], 3),
+            fmt(r.get('step_time_ratio_per_round'))
+        ])
+    return tabulate(rows, headers=header, tablefmt='github',
+                    disable_numparse=True,
+                    colalign=['left'] * 3 + ['right'] * (len(header) - 3))
+
+
 def flatten(record: dict) -> dict:
     """CSV row: scalars as they are, the groups as columns, other nested
     fields JSON-encoded."""
