@@ -198,8 +198,11 @@ def pareto(summary: dict, path: str) -> None:
                                                        for r in runs)
     ] + [Line2D([], [], color='black', linestyle='--',
                 label='pretrained, not fine-tuned')]
-    fig.legend(handles=handles, loc='lower center', ncol=len(handles),
+    # at most 4 entries per legend row, so that narrow figures keep them all
+    ncol = min(len(handles), 4)
+    rows = -(-len(handles) // ncol)
+    fig.legend(handles=handles, loc='lower center', ncol=ncol,
                fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(path, dpi=120)
+    fig.tight_layout(rect=(0, 0.05 * rows + 0.03, 1, 1))
+    fig.savefig(path, dpi=120, bbox_inches='tight')
     plt.close(fig)
