@@ -2,6 +2,7 @@
 tree in the CamVid layout (always) and on CamVid itself (skipped without
 ``../shared/data/camvid_voc``). The 300-iteration check itself is run by
 hand, see the tool's docstring."""
+import mmap
 import os.path as osp
 import re
 import subprocess
@@ -37,11 +38,16 @@ def test_verdict_at_the_threshold():
 def test_rss_readings_are_plausible():
     peak, current = peak_rss_mib(), current_rss_mib()
     assert 0 < current <= peak * 1.01  # both MiB; the peak bounds the rest
-    ballast = b'\x01' * (64 * 2**20)  # written, hence resident, pages
+    # fresh anonymous pages, written, hence resident (a bytes object could
+    # reuse heap pages that earlier tests left resident)
+    size = 64 * 2**20
+    ballast = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        ballast[offset] = 1
     grown = current_rss_mib()
     assert grown > current + 48
     assert peak_rss_mib() >= grown - 1  # the peak bounds the current RSS
-    del ballast
+    ballast.close()
 
 
 def short_run(tmp_path, data_root: str, iters: int, check_at: int):
