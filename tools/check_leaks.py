@@ -6,8 +6,7 @@ with the plugin's hooks, from random weights, on small crops and batches, and
 records after iteration ``--check-at`` (default 50) and after the last one
 
 * the process's peak RSS: ``resource.getrusage(RUSAGE_SELF).ru_maxrss``;
-* its current RSS: ``Rss:`` of ``/proc/self/smaps_rollup`` (exact;
-  ``/proc/self/statm`` where missing).
+* its current RSS: resident pages in ``/proc/self/statm``.
 
 Both are printed in MiB (2**20 bytes) with the relative growth of the peak
 between the two points; the exit code is 1 if that growth is at least
@@ -56,17 +55,7 @@ def peak_rss_mib() -> float:
 
 
 def current_rss_mib() -> float:
-    """Current resident set size, MiB: the ``Rss:`` of
-    ``/proc/self/smaps_rollup``, which the kernel counts by walking the page
-    tables (exact); ``/proc/self/statm`` where that file is missing (its
-    per-CPU counters may lag behind by many pages)."""
-    try:
-        with open('/proc/self/smaps_rollup') as f:
-            for line in f:
-                if line.startswith('Rss:'):
-                    return int(line.split()[1]) * 1024 / MIB
-    except OSError:
-        pass
+    """Current resident set size from ``/proc/self/statm``, MiB."""
     with open('/proc/self/statm') as f:
         resident_pages = int(f.read().split()[1])
     return resident_pages * os.sysconf('SC_PAGE_SIZE') / MIB
