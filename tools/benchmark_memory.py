@@ -49,7 +49,6 @@ each record); without ``--data-root`` the batches are random images and
 random label maps (seeded).
 """
 import argparse
-import copy
 import dataclasses
 import itertools
 import json
@@ -100,14 +99,6 @@ def config_method(method: str) -> str:
     """The leaf config a benchmark method runs (``checkpoint``: the
     vanilla one, its trainable modules then checkpointed)."""
     return CONFIG_METHODS.get(method, method)
-
-
-@dataclasses.dataclass
-class Built:
-    """A row's warmed-up :class:`MemoryRow`, its leaf config and seed."""
-    run: MemoryRow
-    config_path: str
-    seed: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,13 +241,13 @@ def _accumulate(breakdown, by_op: Dict[str, float],
             target[name] = target.get(name, 0.0) + share.bytes / MIB
 
 
-def build_row(args, row: Row) -> Built:
+def build_row(args, row: Row) -> MemoryRow:
     """The row's training step (from its leaf config), batches and meters,
     warmed up: one warm-up step and the peak of one step
     (:meth:`~mmseg_hosvd.bench.MemoryRow.warm_up`)."""
     device = torch.device(args.device)
-    cfg, config_path = load_config(row.model, row.setup, row.method, row.eps,
-                                   args.crop, row.lean_backward, row.lean_loss)
+    cfg, _ = load_config(row.model, row.setup, row.method, row.eps,
+                         args.crop, row.lean_backward, row.lean_loss)
     seed = args.seed if args.seed is not None else cfg.get(
         'randomness', {}).get('seed', 233)
     if args.data_root is None:
@@ -276,14 +267,13 @@ def build_row(args, row: Row) -> Built:
         activation_checkpointing=(CHECKPOINT_PLACEMENT
                                   if row.method == 'checkpoint' else None))
     run.warm_up()
-    return Built(run, config_path, seed)
+    return run
 
 
-def row_record(args, row: Row, built: Built,
+def row_record(args, row: Row, measured: MemoryRow,
                time_ratio: Optional[float]) -> dict:
     """The results.json record of a row after its timed steps."""
     device = torch.device(args.device)
-    measured = built.run
     model_name, setup, method = row.model, row.setup, row.method
     eps = row.eps
     installed = measured.installed
@@ -303,13 +293,13 @@ def row_record(args, row: Row, built: Built,
                 (step.saved_bytes - step.breakdown.activation_bytes) / MIB)
             _accumulate(step.breakdown, by_op, by_op_inclusive, by_saved,
                         params_by_op)
-    saved_act = measured.saved_mib()
+    saved_act = [m.saved_bytes / MIB for m in measured.measurements]
     saved_param = [m.saved_param_bytes / MIB for m in measured.measurements]
     last_stats = measured.last_stats
     last_total = sum(s.paper_bytes for s in last_stats.values()) / MIB
     walk = method != 'checkpoint'
     trainable = measured.step.trainable_parameters()
-    seed, config_path = built.seed, built.config_path
+    seed, config_path = measured.seed, measured.cfg.filename
     peak_bytes = measured.peak_bytes
     cuda_peak = (max(measured.cuda_peaks) / MIB
                  if measured.cuda_peaks else None)
@@ -452,23 +442,22 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
                 measured.append(build_row(args, row))
                 progress.update(2)
             for _ in range(args.iters):  # then time them round-robin
-                for row, built in zip(group, measured):
+                for row, run in zip(group, measured):
                     progress.set_description(
                         f'{row.model} {row.setup} '
                         + method_label(dataclasses.asdict(row)))
                     try:
-                        built.run.timed_step()
+                        run.timed_step()
                     except RuntimeError as error:
                         raise RuntimeError(
                             f'{row.model} {row.setup} {row.method}: '
                             f'{error}') from None
                     progress.update(1)
             ratios = per_round_ratios(
-                [[m.step_s for m in built.run.measurements]
-                 for built in measured])
-            for row, built, ratio in zip(group, measured, ratios):
-                records.append(row_record(args, row, built, ratio))
-                built.run.close()
+                [[m.step_s for m in run.measurements] for run in measured])
+            for row, run, ratio in zip(group, measured, ratios):
+                records.append(row_record(args, row, run, ratio))
+                run.close()
             del measured
             # write as we go: a long run keeps what it measured
             with open(osp.join(args.out, 'results.json'), 'w') as f:

@@ -15,7 +15,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from ..ops import MIB
 from ..peak_memory import PeakMemoryMeter
 from .probe import StepMeasurement, StepProbe
 from .step import TrainingStep
@@ -35,6 +34,7 @@ class MemoryRow:
         activation_checkpointing: ``'block'``/``'segment'``, or None.
 
     Attributes:
+        seed: the initialisation seed.
         step: the :class:`TrainingStep`.
         peak_bytes: the warm-up's peak step, bytes above what was held.
         measurements: one :class:`StepMeasurement` per timed step.
@@ -50,6 +50,7 @@ class MemoryRow:
                  seed: int = 0,
                  activation_checkpointing: Optional[str] = None) -> None:
         self.cfg = cfg
+        self.seed = seed
         self.batches = batches
         self.device = device
         self.step = TrainingStep.from_config(
@@ -126,10 +127,6 @@ class MemoryRow:
         """The :class:`~mmseg_hosvd.engine.ActivationMemoryHook` summary of
         the timed steps."""
         return self._memory_hook.summary()
-
-    def saved_mib(self) -> List[float]:
-        """Whole-step saved activation MiB of each timed step."""
-        return [m.saved_bytes / MIB for m in self.measurements]
 
     def close(self) -> None:
         """Drop the model, optimizer state and meters."""
