@@ -12,9 +12,9 @@ import torch
 from mmengine.config import Config
 
 from conftest import CONFIGS, REPO
-from mmseg_hosvd.bench import (MEMORY_METHODS, METHODS, MODEL_CONFIGS,
-                               SETUPS, TrainingStep, dataset_config,
-                               leaf_config_path, leaf_tag, parse_leaf_tag)
+from mmseg_hosvd.bench import (MEMORY_METHODS, MODEL_CONFIGS, SETUPS,
+                               TrainingStep, dataset_config,
+                               leaf_config_path)
 from mmseg_hosvd.bench.memory import (load_row_config, parse_memory_args,
                                       run_memory_benchmark)
 from mmseg_hosvd.bench.report import markdown_table
@@ -392,18 +392,3 @@ def test_checkpoint_and_data_root(tmp_path, tiny_voc):
     assert record['init'] == checkpoint and record['data'] == tiny_voc
     assert record['activation_mib_mean'] == pytest.approx(1.125)
 
-
-def test_leaf_tags_come_from_the_method_registry():
-    assert [leaf_tag(m, 0.8) for m in METHODS] == [
-        'vanilla', 'gradient-filter', 'svd-eps0.8', 'hosvd-eps0.8',
-        'asi-eps0.8']
-    for method in METHODS:
-        assert parse_leaf_tag(leaf_tag(method, 0.9)) == (
-            method, 0.9 if method in ('svd', 'hosvd', 'asi') else None)
-    assert parse_leaf_tag('hosvd-eps0.8-lean-all') == ('hosvd', 0.8)
-    with pytest.raises(ValueError, match="leaf tag 'lora'"):
-        parse_leaf_tag('lora')
-    with pytest.raises(ValueError, match='needs an eps'):
-        leaf_tag('svd')
-    with pytest.raises(ValueError, match="got 'lora'"):
-        leaf_config_path(CONFIGS, 'fcn', '5L', 'lora')

@@ -1,6 +1,6 @@
-"""The memory benchmark's (tools/benchmark_memory.py) peers as rows: method ``checkpoint`` (exact
-gradients through the step path), ``--amp`` twins, ``--lean-loss``, and a
-measured ``step_peak_mib`` on every row."""
+"""The memory benchmark's (tools/benchmark_memory.py) peers as rows: method
+``checkpoint`` (exact gradients through the step path), ``--amp`` twins,
+``--lean-loss``, and a measured ``step_peak_mib`` on every row."""
 import csv
 import inspect
 import json
@@ -16,7 +16,8 @@ from mmseg_hosvd.bench.memory import (load_row_config, parse_memory_args,
                                       rows_of, run_memory_benchmark)
 from mmseg_hosvd.bench.report import markdown_table
 from mmseg_hosvd.bench.rows import DEFAULT_LEAN_BACKWARD, BenchmarkRow
-from mmseg_hosvd.bench import (TrainingStep, load_leaf_config,
+from mmseg_hosvd.bench import (METHODS, TrainingStep, leaf_config_path,
+                               leaf_tag, load_leaf_config, parse_leaf_tag,
                                synthetic_batches)
 from mmseg_hosvd.checkpointing import CheckpointedModule
 from mmseg_hosvd.engine import ActivationCompressionHook
@@ -276,3 +277,19 @@ def test_one_lean_backward_default():
     assert parse_memory_args([]).lean_backward == ['exact']
     from mmseg_hosvd.bench.report import method_label
     assert method_label(dict(method='hosvd')) == 'hosvd, lean exact'
+
+
+def test_leaf_tags_come_from_the_method_registry():
+    assert [leaf_tag(m, 0.8) for m in METHODS] == [
+        'vanilla', 'gradient-filter', 'svd-eps0.8', 'hosvd-eps0.8',
+        'asi-eps0.8']
+    for method in METHODS:
+        assert parse_leaf_tag(leaf_tag(method, 0.9)) == (
+            method, 0.9 if method in ('svd', 'hosvd', 'asi') else None)
+    assert parse_leaf_tag('hosvd-eps0.8-lean-all') == ('hosvd', 0.8)
+    with pytest.raises(ValueError, match="leaf tag 'lora'"):
+        parse_leaf_tag('lora')
+    with pytest.raises(ValueError, match='needs an eps'):
+        leaf_tag('svd')
+    with pytest.raises(ValueError, match="got 'lora'"):
+        leaf_config_path(CONFIGS, 'fcn', '5L', 'lora')

@@ -37,10 +37,9 @@ __all__ = [
     'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',
     'leaf_tag', 'parse_leaf_tag', 'load_leaf_config', 'CHECKPOINT',
     'DEFAULT_LEAN_BACKWARD', 'MEMORY_METHODS', 'METHODS', 'PRESETS',
-    'BenchmarkRow', 'memory_rows', 'dataset_batches', 'dataset_config', 'fixed_batches',
-    'folder_batch', 'smooth_batch', 'synthetic_batches', 'ProgressBarHook',
-    'MemoryRow', 'per_round_ratios',
-    'StepProbeHook', 'StepMeasurement',
-    'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
+    'BenchmarkRow', 'memory_rows', 'dataset_batches', 'dataset_config',
+    'fixed_batches', 'folder_batch', 'smooth_batch', 'synthetic_batches',
+    'ProgressBarHook', 'MemoryRow', 'per_round_ratios', 'StepProbeHook',
+    'StepMeasurement', 'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
     'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
 ]
