@@ -40,6 +40,6 @@ __all__ = [
     'BenchmarkRow', 'memory_rows', 'dataset_batches', 'dataset_config',
     'fixed_batches', 'folder_batch', 'smooth_batch', 'synthetic_batches',
     'ProgressBarHook', 'MemoryRow', 'per_round_ratios', 'StepProbeHook',
-    'StepMeasurement', 'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
-    'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
+    'StepMeasurement', 'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper',
+    'TrainingStep', 'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
 ]

@@ -72,27 +72,30 @@ class BenchmarkRow:
         return dataclasses.replace(self, model=model, setup=setup)
 
 
+_VANILLA, _GRADIENT_FILTER, _HOSVD, _ASI = (
+    m.value for m in (Method.VANILLA, Method.GRADIENT_FILTER, Method.HOSVD,
+                      Method.ASI))
 _OFF = dict(lean_backward='off')
 _LEANEST = dict(lean_backward='all', lean_loss=True)
 PRESETS: Dict[str, Tuple[BenchmarkRow, ...]] = {
     'which-to-pick': (
-        BenchmarkRow('vanilla', **_OFF),
-        BenchmarkRow('vanilla', lean_backward='exact', lean_loss=True),
+        BenchmarkRow(_VANILLA, **_OFF),
+        BenchmarkRow(_VANILLA, lean_backward='exact', lean_loss=True),
         BenchmarkRow(CHECKPOINT, **_OFF),
-        BenchmarkRow('vanilla', amp=True, **_OFF),
-        BenchmarkRow('gradient_filter', lean_backward='exact'),
-        BenchmarkRow('hosvd', 0.8, lean_backward='exact'),
-        BenchmarkRow('hosvd', 0.8, **_LEANEST),
-        BenchmarkRow('asi', 0.8, **_LEANEST),
-        BenchmarkRow('hosvd', 0.8, amp=True, **_LEANEST),
+        BenchmarkRow(_VANILLA, amp=True, **_OFF),
+        BenchmarkRow(_GRADIENT_FILTER, lean_backward='exact'),
+        BenchmarkRow(_HOSVD, 0.8, lean_backward='exact'),
+        BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
+        BenchmarkRow(_ASI, 0.8, **_LEANEST),
+        BenchmarkRow(_HOSVD, 0.8, amp=True, **_LEANEST),
     ),
     # the same comparison in five rows, for the heaviest models on a CPU
     'which-to-pick-short': (
-        BenchmarkRow('vanilla', **_OFF),
+        BenchmarkRow(_VANILLA, **_OFF),
         BenchmarkRow(CHECKPOINT, **_OFF),
-        BenchmarkRow('vanilla', amp=True, **_OFF),
-        BenchmarkRow('hosvd', 0.8, **_LEANEST),
-        BenchmarkRow('hosvd', 0.8, amp=True, **_LEANEST),
+        BenchmarkRow(_VANILLA, amp=True, **_OFF),
+        BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
+        BenchmarkRow(_HOSVD, 0.8, amp=True, **_LEANEST),
     ),
 }
 

@@ -41,7 +41,7 @@ def speed_parser(description: Optional[str] = None
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_selection_arguments(parser, METHODS, ['deeplabv3'], ['10L'],
-                            [VANILLA, 'hosvd', 'asi'],
+                            [VANILLA, Method.HOSVD.value, Method.ASI.value],
                             ' (vanilla is always added: ratios are to it)')
     parser.add_argument('--eps', type=eps_value, default=0.8,
                         help='eps of svd/hosvd/asi')
