@@ -1,19 +1,15 @@
 """Shared fixtures: a generated tiny VOC tree and tiny-run config overrides."""
 import copy
 import os.path as osp
-import sys
 import uuid
 from typing import Optional
 
 import pytest
 
+import mmseg_hosvd  # noqa: F401  (fallback for mmcv.ops, hooks)
+from mmseg_hosvd.datasets import make_tiny_camvid, make_tiny_voc
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO, 'tools'))
-
-import mmseg_hosvd  # noqa: E402,F401  (fallback for mmcv.ops, hooks)
-from mmseg_hosvd.datasets import (make_tiny_camvid,  # noqa: E402
-                                  make_tiny_voc)
-
 CONFIGS = osp.join(REPO, 'configs')
 TINY_CROP = (64, 64)
 

@@ -11,19 +11,15 @@ from typing import List
 from mmengine import Config
 
 from conftest import CONFIGS
+from mmseg_hosvd.bench import parse_leaf_tag
 
 SUFFIX = '1xb8-20k_voc12aug-512x512'
 SETUPS = ('5l', '10l')
-# file-name tag: (method, eps or None)
-METHODS = {
-    'vanilla': ('vanilla', None),
-    'gradient-filter': ('gradient_filter', None),
-    'svd-eps0.8': ('svd', 0.8),
-    'svd-eps0.9': ('svd', 0.9),
-    'hosvd-eps0.8': ('hosvd', 0.8),
-    'hosvd-eps0.9': ('hosvd', 0.9),
-    'asi-eps0.8': ('asi', 0.8),
-}
+# the file-name tags of the leaves
+TAGS = ('vanilla', 'gradient-filter', 'svd-eps0.8', 'svd-eps0.9',
+        'hosvd-eps0.8', 'hosvd-eps0.9', 'asi-eps0.8')
+# file-name tag: (method, eps or None), read from the method registry
+METHODS = {tag: parse_leaf_tag(tag) for tag in TAGS}
 
 
 def leaf_config_path(folder: str, prefix: str, setup: str, tag: str) -> str:

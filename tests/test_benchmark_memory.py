@@ -1,4 +1,5 @@
-"""tools/benchmark_memory.py on a tiny FCN-5L run, checked against figures
+"""The memory benchmark (tools/benchmark_memory.py, run through
+:mod:`mmseg_hosvd.bench.memory`) on a tiny FCN-5L run, checked against figures
 computed by hand from the architecture and the formulas of
 docs/paper_setup.md."""
 import json
@@ -10,14 +11,23 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import benchmark_memory as bm  # tools/ is on sys.path (conftest)
-from conftest import CONFIGS
-from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS, TrainingStep,
-                               dataset_config, leaf_config_path)
+from conftest import CONFIGS, REPO
+from mmseg_hosvd.bench import (MEMORY_METHODS, MODEL_CONFIGS, SETUPS,
+                               TrainingStep, dataset_config,
+                               leaf_config_path)
+from mmseg_hosvd.bench.memory import (load_row_config, parse_memory_args,
+                                      run_memory_benchmark)
+from mmseg_hosvd.bench.report import markdown_table
+from mmseg_hosvd.bench.rows import config_method
 
 
 def leaf_config(model, setup, method, eps):
     return leaf_config_path(CONFIGS, model, setup, method, eps)
+
+
+def benchmark(argv):
+    """What ``tools/benchmark_memory.py ARGV`` runs: its records."""
+    return run_memory_benchmark(parse_memory_args(argv), CONFIGS, REPO)
 
 
 def compact(table: str) -> str:
@@ -78,7 +88,7 @@ def config_radii():
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('benchmark_memory'))
-    records = bm.main(ARGS + ['--out', out])
+    records = benchmark(ARGS + ['--out', out])
     with open(osp.join(out, 'results.json')) as f:
         saved = json.load(f)
     return out, {r['method']: r for r in saved
@@ -295,7 +305,7 @@ def test_lean_backward_breakdown_by_hand(run, lean_run):
 
 def test_markdown_table(run):
     _, _, records = run
-    table = compact(bm.markdown_table(records))
+    table = compact(markdown_table(records))
     lines = table.splitlines()
     assert len(lines) == 2 + 6
     assert '| fcn | 5L | hosvd eps=0.8, lean exact |' in table
@@ -319,7 +329,7 @@ def test_markdown_table(run):
 ])
 def test_bad_arguments_name_the_value(argv, message, capsys):
     with pytest.raises(SystemExit) as error:
-        bm.parse_args(argv)
+        parse_memory_args(argv)
     assert error.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -335,11 +345,12 @@ def test_leaf_configs_and_eps_override():
     assert override == 0.85
     for model in MODEL_CONFIGS:
         for setup in SETUPS:
-            for method in bm.METHODS:
+            for method in MEMORY_METHODS:
                 path, _ = leaf_config(model, setup,
-                                      bm.config_method(method), 0.8)
+                                      config_method(method), 0.8)
                 assert osp.isfile(path), path
-    cfg, _ = bm.load_config('upernet', '10L', 'hosvd', 0.85, (32, 48))
+    cfg, _ = load_row_config(CONFIGS, 'upernet', '10L', 'hosvd', 0.85,
+                             (32, 48))
     assert cfg.default_hooks.compression.method == 'hosvd'
     assert cfg.default_hooks.compression.eps == 0.85
     assert tuple(cfg.model.data_preprocessor.size) == (32, 48)
@@ -351,7 +362,8 @@ def test_checkpoint_and_data_root(tmp_path, tiny_voc):
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules()
-    cfg, _ = bm.load_config('fcn', '5L', 'vanilla', None, (CROP, CROP))
+    cfg, _ = load_row_config(CONFIGS, 'fcn', '5L', 'vanilla', None,
+                             (CROP, CROP))
     torch.manual_seed(1)
     state = MODELS.build(cfg.model).state_dict()
     checkpoint = str(tmp_path / 'fcn.pth')
@@ -369,7 +381,7 @@ def test_checkpoint_and_data_root(tmp_path, tiny_voc):
     assert crop[0]['crop_size'] == (CROP, CROP)
 
     out = str(tmp_path / 'out')
-    (record, ) = bm.main([
+    (record, ) = benchmark([
         '--models', 'fcn', '--setups', '5L', '--methods', 'vanilla',
         '--batch-size',
         str(B), '--crop',
@@ -379,3 +391,4 @@ def test_checkpoint_and_data_root(tmp_path, tiny_voc):
     ])
     assert record['init'] == checkpoint and record['data'] == tiny_voc
     assert record['activation_mib_mean'] == pytest.approx(1.125)
+

@@ -1,6 +1,6 @@
-"""tools/benchmark_memory.py peers as rows: method ``checkpoint`` (exact
-gradients through the step path), ``--amp`` twins, ``--lean-loss``, and a
-measured ``step_peak_mib`` on every row."""
+"""The memory benchmark's (tools/benchmark_memory.py) peers as rows: method
+``checkpoint`` (exact gradients through the step path), ``--amp`` twins,
+``--lean-loss``, and a measured ``step_peak_mib`` on every row."""
 import csv
 import inspect
 import json
@@ -11,9 +11,13 @@ import os.path as osp
 import pytest
 import torch
 
-import benchmark_memory as bm  # tools/ is on sys.path (conftest)
-from conftest import CONFIGS
-from mmseg_hosvd.bench import (TrainingStep, load_leaf_config,
+from conftest import CONFIGS, REPO
+from mmseg_hosvd.bench.memory import (load_row_config, parse_memory_args,
+                                      rows_of, run_memory_benchmark)
+from mmseg_hosvd.bench.report import markdown_table
+from mmseg_hosvd.bench.rows import DEFAULT_LEAN_BACKWARD, BenchmarkRow
+from mmseg_hosvd.bench import (METHODS, TrainingStep, leaf_config_path,
+                               leaf_tag, load_leaf_config, parse_leaf_tag,
                                synthetic_batches)
 from mmseg_hosvd.checkpointing import CheckpointedModule
 from mmseg_hosvd.engine import ActivationCompressionHook
@@ -37,10 +41,15 @@ HOOK_HAS_LEAN_LOSS = 'lean_loss' in inspect.signature(
     ActivationCompressionHook.__init__).parameters
 
 
+def benchmark(argv):
+    """What ``tools/benchmark_memory.py ARGV`` runs: its records."""
+    return run_memory_benchmark(parse_memory_args(argv), CONFIGS, REPO)
+
+
 @pytest.fixture(scope='module')
 def peers(tmp_path_factory):
     out = str(tmp_path_factory.mktemp('peers'))
-    records = bm.main(ARGS + ['--out', out])
+    records = benchmark(ARGS + ['--out', out])
     return out, records
 
 
@@ -88,7 +97,7 @@ def test_amp_twins_are_bfloat16_on_the_cpu(peers):
 
 def test_outputs_have_the_peak_column(peers):
     out, records = peers
-    table = bm.markdown_table(records)
+    table = markdown_table(records)
     header = [cell.strip() for cell in table.splitlines()[0].split('|')]
     column = header.index('step peak MiB')
     assert header[column - 1] == 'step saved MiB'
@@ -106,22 +115,23 @@ def test_outputs_have_the_peak_column(peers):
 
 
 def test_lean_loss_argument_reaches_the_hook_config():
-    args = bm.parse_args(['--lean-loss', 'off', 'on'])
+    args = parse_memory_args(['--lean-loss', 'off', 'on'])
     assert args.lean_loss == [False, True]
-    rows = bm.combinations(args)
+    rows = rows_of(args)
     assert [row.lean_loss for row in rows[:2]] == [False, True]
-    cfg, _ = bm.load_config('fcn', '5L', 'checkpoint', None, (CROP, CROP),
-                            'exact', lean_loss=True)
+    cfg, _ = load_row_config(CONFIGS, 'fcn', '5L', 'checkpoint', None,
+                             (CROP, CROP), 'exact', lean_loss=True)
     assert cfg.default_hooks.compression.method == 'vanilla'
     assert cfg.default_hooks.compression.lean_loss is True
-    cfg, _ = bm.load_config('fcn', '5L', 'hosvd', 0.8, (CROP, CROP))
+    cfg, _ = load_row_config(CONFIGS, 'fcn', '5L', 'hosvd', 0.8,
+                             (CROP, CROP))
     assert 'lean_loss' not in cfg.default_hooks.compression
 
 
 @pytest.mark.skipif(not HOOK_HAS_LEAN_LOSS,
                     reason='ActivationCompressionHook has no lean_loss yet')
 def test_lean_loss_rows(tmp_path):
-    records = bm.main([
+    records = benchmark([
         '--models', 'fcn', '--setups', '5L', '--methods', 'checkpoint',
         'hosvd', '--eps', '0.8', '--lean-backward', 'all', '--lean-loss',
         'off', 'on', '--batch-size', '2', '--crop', '64', '64', '--iters',
@@ -169,10 +179,10 @@ def test_checkpoint_gradients_equal_vanilla(lean_loss):
 def test_which_to_pick_preset_rows():
     """``--preset which-to-pick``: the README table's rows, per model and
     setup, whatever --methods/--lean-backward/--amp say."""
-    args = bm.parse_args(['--preset', 'which-to-pick', '--models', 'fcn',
+    args = parse_memory_args(['--preset', 'which-to-pick', '--models', 'fcn',
                           'upernet', '--setups', '10L', '--methods',
                           'svd', '--amp'])
-    rows = bm.combinations(args)
+    rows = rows_of(args)
     expected = [
         ('vanilla', None, 'off', False, False),
         ('vanilla', None, 'exact', True, False),
@@ -191,7 +201,7 @@ def test_which_to_pick_preset_rows():
 
 
 def test_asi_rows_run_the_asi_leaf(tmp_path):
-    records = bm.main([
+    records = benchmark([
         '--models', 'fcn', '--setups', '5L', '--methods', 'asi', '--eps',
         '0.8', '--batch-size', '2', '--crop', '32', '32', '--iters', '1',
         '--device', 'cpu', '--out', str(tmp_path)
@@ -228,7 +238,7 @@ def test_rows_of_a_table_carry_their_per_round_time_ratio(peers):
 
 
 def test_short_preset_is_a_subset_of_which_to_pick():
-    from mmseg_hosvd.bench.presets import PRESETS
+    from mmseg_hosvd.bench.rows import PRESETS
     short, full = PRESETS['which-to-pick-short'], PRESETS['which-to-pick']
     assert len(short) == 5 and set(short) <= set(full)
     # in the full preset's order
@@ -255,3 +265,31 @@ def test_comparison_table_by_hand():
                             '0.250', '20.0', '0.100', '1.10']
     # each model is compared with its own first row
     assert cells[2][3:] == ['50.0', '1.000', '10.0', '1.000', '-']
+
+
+def test_one_lean_backward_default():
+    """The rows, the command line and the method labels default to the
+    compression hook's ``lean_backward``."""
+    hook_default = inspect.signature(
+        ActivationCompressionHook.__init__).parameters['lean_backward']
+    assert DEFAULT_LEAN_BACKWARD == hook_default.default == 'exact'
+    assert BenchmarkRow('hosvd', 0.8).lean_backward == 'exact'
+    assert parse_memory_args([]).lean_backward == ['exact']
+    from mmseg_hosvd.bench.report import method_label
+    assert method_label(dict(method='hosvd')) == 'hosvd, lean exact'
+
+
+def test_leaf_tags_come_from_the_method_registry():
+    assert [leaf_tag(m, 0.8) for m in METHODS] == [
+        'vanilla', 'gradient-filter', 'svd-eps0.8', 'hosvd-eps0.8',
+        'asi-eps0.8']
+    for method in METHODS:
+        assert parse_leaf_tag(leaf_tag(method, 0.9)) == (
+            method, 0.9 if method in ('svd', 'hosvd', 'asi') else None)
+    assert parse_leaf_tag('hosvd-eps0.8-lean-all') == ('hosvd', 0.8)
+    with pytest.raises(ValueError, match="leaf tag 'lora'"):
+        parse_leaf_tag('lora')
+    with pytest.raises(ValueError, match='needs an eps'):
+        leaf_tag('svd')
+    with pytest.raises(ValueError, match="got 'lora'"):
+        leaf_config_path(CONFIGS, 'fcn', '5L', 'lora')

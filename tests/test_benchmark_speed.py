@@ -1,11 +1,17 @@
-"""tools/benchmark_speed.py on a tiny FCN-5L run: the rows it writes
+"""The speed benchmark (tools/benchmark_speed.py, run through
+:mod:`mmseg_hosvd.bench.speed`) on a tiny FCN-5L run: the rows it writes
 (``--json``) and the tables it prints."""
 import json
+import os.path as osp
 import re
+import subprocess
+import sys
 
 import pytest
 
-import benchmark_speed as bs  # tools/ is on sys.path (conftest)
+from conftest import CONFIGS, REPO
+from mmseg_hosvd.bench.speed import (STEP_COLUMNS, Contender, SpeedBenchmark,
+                                     parse_speed_args)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -15,23 +21,37 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 VANILLA_KEPT_MIB = 1.125 / 8
 
 
+def speed_results(argv):
+    """What ``tools/benchmark_speed.py ARGV`` computes, per model and
+    setup: ``dict(model, setup, steps, layers)`` (it runs with the test's
+    single thread)."""
+    from mmseg.utils import register_all_modules
+    register_all_modules()
+    args = parse_speed_args(argv)
+    results = []
+    for model in args.models:
+        for setup in args.setups:
+            bench = SpeedBenchmark(args, model, setup, CONFIGS)
+            bench.run_rounds(lambda line: None)
+            results.append(dict(model=model, setup=setup,
+                                steps=bench.step_rows(),
+                                layers=bench.layer_rows()))
+    return results
+
+
 @pytest.fixture(scope='module')
-def speed(tmp_path_factory):
-    path = tmp_path_factory.mktemp('speed') / 'speed.json'
-    results = bs.main([
+def speed():
+    return speed_results([
         '--models', 'fcn', '--setups', '5L', '--methods', 'hosvd',
         '--batch-size', '1', '--crop', '32', '32', '--iters', '2',
-        '--warmup', '1', '--layer-repeats', '1', '--threads', '1', '--json',
-        str(path)
+        '--warmup', '1', '--layer-repeats', '1', '--threads', '1'
     ])
-    with open(path) as f:
-        written = json.load(f)
-    return results, written
 
 
 def test_step_rows(speed, capsys):
-    results, written = speed
-    assert written == json.loads(json.dumps(results))
+    results = speed
+    assert json.loads(json.dumps(results))[0]['steps'] == results[0][
+        'steps']
     (result, ) = results
     assert (result['model'], result['setup']) == ('fcn', '5L')
     vanilla, hosvd = result['steps']
@@ -55,7 +75,7 @@ def test_step_rows(speed, capsys):
 
 
 def test_layer_rows(speed):
-    (result, ) = speed[0]
+    (result, ) = speed
     layers = result['layers']
     # the 5 counted convs of FCN 5L, each reading its own input
     assert [r['input'] for r in layers] == [
@@ -70,35 +90,84 @@ def test_layer_rows(speed):
         assert re.fullmatch(r'\(\d+, \d+, \d+, \d+\)', row['ranks'])
 
 
-def test_printed_tables(tmp_path, capsys):
-    bs.main([
+def test_printed_tables_and_json(tmp_path):
+    """The tool itself (a subprocess): its tables, progress and --json."""
+    path = tmp_path / 'speed.json'
+    result = subprocess.run([
+        sys.executable, osp.join(REPO, 'tools', 'benchmark_speed.py'),
         '--models', 'fcn', '--setups', '5L', '--methods', 'vanilla',
         '--batch-size', '1', '--crop', '32', '32', '--iters', '1',
-        '--warmup', '1', '--no-layers', '--threads', '1'
-    ])
-    captured = capsys.readouterr()
-    lines = [line for line in captured.out.splitlines()
+        '--warmup', '1', '--no-layers', '--threads', '1', '--device', 'cpu',
+        '--json', str(path)
+    ], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines()
              if line.startswith('|')]
     assert len(lines) == 3  # header, rule, vanilla
     header = [cell.strip() for cell in lines[0].strip('|').split('|')]
-    assert header == [column for _, column, _ in bs.STEP_COLUMNS]
+    assert header == [column for _, column, _ in STEP_COLUMNS]
     assert re.match(r'\| vanilla +\| exact +\|( +\d+ \|){4} +1\.000 \|',
                     lines[2])
-    assert '## fcn 5L: batch 1, crop 32x32, 1 measured rounds' in captured.out
-    assert 'round 2/2 measured: vanilla, lean exact' in captured.err
+    assert ('## fcn 5L: batch 1, crop 32x32, 1 measured rounds after 1 '
+            'warm-up, lean loss off' in result.stdout)
+    assert 'round 2/2 measured: vanilla, lean exact' in result.stderr
+    with open(path) as f:
+        (written, ) = json.load(f)
+    assert (written['model'], written['setup'], written['layers']) == (
+        'fcn', '5L', [])
+    (row, ) = written['steps']
+    assert list(row) == [key for key, _, _ in STEP_COLUMNS]
+    cells = [cell.strip() for cell in lines[2].strip('|').split('|')]
+    assert cells[5] == f"{row['step_ms']:.0f}" and row['step_ratio'] == 1
 
 
 def test_lean_loss_reaches_every_contender():
-    args = bs.parse_args(['--models', 'fcn', '--setups', '5L', '--methods',
-                          'vanilla', 'hosvd', '--lean-loss', '--batch-size',
-                          '1', '--crop', '32', '32', '--device', 'cpu'])
+    args = parse_speed_args(['--models', 'fcn', '--setups', '5L',
+                             '--methods', 'vanilla', 'hosvd', '--lean-loss',
+                             'on', '--batch-size', '1', '--crop', '32', '32',
+                             '--device', 'cpu'])
     from mmseg.utils import register_all_modules
     from mmseg_hosvd.lean_loss import LeanLossEncoderDecoder
     register_all_modules()
+    assert args.lean_loss == [True]
     for method in args.methods:
-        contender = bs.Contender(method, 'fcn', '5L', args)
+        contender = Contender(method, 'fcn', '5L', args, CONFIGS,
+                              lean_loss=True)
         assert isinstance(contender.model, LeanLossEncoderDecoder), method
-    args = bs.parse_args(['--models', 'fcn', '--setups', '5L', '--crop',
-                          '32', '32', '--device', 'cpu'])
-    assert not isinstance(bs.Contender('hosvd', 'fcn', '5L', args).model,
-                          LeanLossEncoderDecoder)
+        assert contender.label == f'{method}, lean exact, lean loss'
+    args = parse_speed_args(['--models', 'fcn', '--setups', '5L', '--crop',
+                             '32', '32', '--device', 'cpu'])
+    assert args.lean_loss == [False]
+    assert not isinstance(
+        Contender('hosvd', 'fcn', '5L', args, CONFIGS).model,
+        LeanLossEncoderDecoder)
+
+
+def test_lean_loss_sweep_names_its_rows():
+    """``--lean-loss off on``: every method twice, the ``on`` rows named
+    so, each compared with its own lean loss's first lean mode."""
+    args = parse_speed_args(['--methods', 'hosvd', '--lean-loss', 'off',
+                             'on', 'on', '--device', 'cpu'])
+    assert args.lean_loss == [False, True]
+
+    class Timed:
+        def __init__(self, method, lean_loss, step):
+            self.method, self.lean_loss = method, lean_loss
+            self.lean_backward = 'exact'
+            self.last_stats = {}
+            self.times = dict(forward=[step], backward=[step],
+                              optimizer=[step], step=[step])
+
+        def ranks_label(self):
+            return '-'
+
+    from mmseg_hosvd.bench.speed import step_rows
+    rows = step_rows([Timed('vanilla', False, 1.0),
+                      Timed('vanilla', True, 0.5),
+                      Timed('hosvd', False, 2.0),
+                      Timed('hosvd', True, 1.0)], args)
+    assert [r['method'] for r in rows] == [
+        'vanilla', 'vanilla, lean loss', 'hosvd (eps 0.8)',
+        'hosvd (eps 0.8), lean loss']
+    assert [r['step_ratio'] for r in rows] == [1.0, 0.5, 2.0, 1.0]
+    assert [r['lean_ratio'] for r in rows] == [1.0] * 4

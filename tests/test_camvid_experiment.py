@@ -1,4 +1,5 @@
-"""Smoke test of tools/camvid_experiment.py.
+"""Smoke test of the CamVid experiment (tools/camvid_experiment.py, run
+through :mod:`mmseg_hosvd.camvid.experiment`).
 
 ``--smoke``: 4 images per split, 2 iterations per run (pretraining
 included), batch 2, 64x64 crops; FCN 10L with vanilla and HOSVD, on a
@@ -17,7 +18,9 @@ import pytest
 import torch
 
 from mmseg_hosvd.bench import fixed_batches
-from mmseg_hosvd.camvid import finetune_config, set_data
+from mmseg_hosvd.camvid import (finetune_config, parse_experiment_args,
+                                parse_grad_check_args, run_experiment,
+                                run_grad_check, set_data)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DATA = osp.normpath(osp.join(REPO, '..', 'shared', 'data', 'camvid_voc'))
@@ -34,12 +37,14 @@ FCN_10L_VANILLA_MIB = FCN_10L_CHANNELS * 2 * 8 * 8 * 4 / 2**20
 
 
 def run(out, data_root, *extra):
-    from camvid_experiment import main  # tools/ is on sys.path (conftest)
-    return main([
+    """What ``tools/camvid_experiment.py --smoke ...`` runs: its summary."""
+    argv = [
         '--smoke', '--models', 'fcn', '--depths', '10l', '--methods',
         'vanilla', 'hosvd-eps0.8', '--seeds', '233', '--out', str(out),
         '--data-root', data_root, '--profile-iters', '1', '--quiet', *extra
-    ])
+    ]
+    return run_experiment(parse_experiment_args(argv, REPO), REPO, print,
+                          argv)
 
 
 @pytest.fixture(scope='module')
@@ -113,15 +118,16 @@ def test_smoke(smoke_out, tiny_camvid, capsys):
 
 
 def test_grad_check(smoke_out, tiny_camvid):
-    """tools/camvid_grad_check.py on the smoke run's starting checkpoint."""
-    from camvid_grad_check import main
+    """The gradient check (tools/camvid_grad_check.py) on the smoke run's
+    starting checkpoint."""
     if not (smoke_out / 'checkpoints').is_dir():
         pytest.skip('needs the starting checkpoint of test_smoke')
-    rows = main([
+    args = parse_grad_check_args([
         '--models', 'fcn', '--depths', '10l', '--methods', 'vanilla',
         'hosvd-eps0.8', '--batches', '1', '--data-root', tiny_camvid,
         '--out', str(smoke_out)
-    ])
+    ], REPO)
+    rows = run_grad_check(args, REPO, print)
     (row, ) = rows  # vanilla is the reference, not a row
     assert (row['model'], row['depth'], row['tag'], row['batches']) == (
         'fcn', '10l', 'hosvd-eps0.8', 1)
@@ -136,9 +142,8 @@ def test_grad_check(smoke_out, tiny_camvid):
 
 
 def test_rejects_bad_data_root(tmp_path):
-    from camvid_experiment import parse_args
     with pytest.raises(SystemExit):
-        parse_args(['--data-root', str(tmp_path)])
+        parse_experiment_args(['--data-root', str(tmp_path)], REPO)
 
 
 @pytest.mark.skipif(

@@ -1,4 +1,5 @@
-"""tools/convert_camvid.py on fake CamVid trees generated here."""
+"""The CamVid conversion (tools/convert_camvid.py,
+:mod:`mmseg_hosvd.datasets.camvid`) on fake CamVid trees generated here."""
 import os
 import os.path as osp
 import subprocess
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convert_camvid import CLASSES, convert  # tools/ is on sys.path
+from mmseg_hosvd.datasets.camvid import CLASSES, convert
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SHARED = osp.normpath(osp.join(REPO, '..', 'shared', 'data', 'camvid_voc'))

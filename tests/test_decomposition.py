@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from benchmark_decomposition import low_rank_plus_noise  # tools/
+from mmseg_hosvd.bench.decomposition import low_rank_plus_noise
 from mmseg_hosvd.ops import (SVDFactors, TuckerFactors, check_eps,
                              explained_variance_rank, hosvd,
                              hosvd_paper_elements, svd_paper_elements,

@@ -488,7 +488,8 @@ def test_demo_config():
 def test_demo_mim_train(tmp_path, tiny_voc):
     """``mim train mmsegmentation`` on the SegFormer demo (2 iterations of
     its config on the tiny dataset, then validation and a checkpoint)."""
-    from demo import last_val_metrics, train_command, train_env
+    from mmseg_hosvd.demo import (last_val_metrics, train_command,
+                                  train_env)
     work_dir = str(tmp_path / 'work')
     command = train_command(DEMO, work_dir, tiny_voc, [
         'train_cfg.max_iters=2', 'train_cfg.val_interval=2',

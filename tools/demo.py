@@ -6,74 +6,25 @@
 3. prints the final mIoU/mAcc and the activation-memory summary that
    :class:`ActivationMemoryHook` wrote to the work_dir.
 
+The command and its environment come from :mod:`mmseg_hosvd.demo`.
+
 Usage: python tools/demo.py [--work-dir work_dirs/demo] [--config ...]
 (the transformer demo: ``--config
 configs/demo/segformer_mit-b0_10l-hosvd-eps0.8_tiny-voc-64x64.py``).
 """
 import argparse
-import glob
 import json
-import os
 import os.path as osp
-import shutil
 import subprocess
-import sys
 import time
-from typing import List, Sequence
+
+from mmseg_hosvd.datasets import make_tiny_voc
+from mmseg_hosvd.demo import last_val_metrics, train_command, train_env
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from mmseg_hosvd.datasets import make_tiny_voc  # noqa: E402
 
 DEFAULT_CONFIG = osp.join(REPO, 'configs', 'demo',
                           'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
-
-
-def mim_executable() -> str:
-    """``mim`` next to this interpreter (a venv), else on PATH."""
-    candidate = osp.join(osp.dirname(sys.executable), 'mim')
-    found = candidate if osp.exists(candidate) else shutil.which('mim')
-    if found is None:
-        raise SystemExit('mim not found: run `bash tools/setup_env.sh` first')
-    return found
-
-
-def train_command(config: str, work_dir: str, data_root: str,
-                  options: Sequence[str] = ()) -> List[str]:
-    """``mim train mmsegmentation CONFIG`` on the tiny dataset at
-    ``data_root``; ``options`` are further ``--cfg-options`` (``key=value``).
-    Run it from the repository root with :func:`train_env`."""
-    return [
-        mim_executable(), 'train', 'mmsegmentation', config, '--work-dir',
-        work_dir, '--cfg-options',
-        f'train_dataloader.dataset.data_root={data_root}',
-        f'val_dataloader.dataset.data_root={data_root}',
-        f'test_dataloader.dataset.data_root={data_root}', *options
-    ]
-
-
-def train_env() -> dict:
-    """The environment with the repository on ``PYTHONPATH`` (the configs'
-    ``custom_imports`` import ``mmseg_hosvd`` from it)."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [REPO, os.environ.get('PYTHONPATH')])))
-
-
-def last_val_metrics(work_dir: str) -> dict:
-    """Last validation record of the newest run's ``vis_data/scalars.json``."""
-    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
-                                      'scalars.json')))
-    if not files:
-        raise SystemExit(f'no scalars.json under {work_dir}: did training run?')
-    metrics = {}
-    with open(files[-1]) as f:
-        for line in f:
-            record = json.loads(line)
-            if 'mIoU' in record:
-                metrics = record
-    return metrics
 
 
 def main() -> None:

@@ -4,14 +4,8 @@
 Usage: python tools/make_tiny_voc.py ROOT [--train 32] [--val 8] [--size 96]
 """
 import argparse
-import os.path as osp
-import sys
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-from mmseg_hosvd.datasets import make_tiny_voc  # noqa: E402
+from mmseg_hosvd.datasets import make_tiny_voc
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ import math
 import os.path as osp
 from typing import Optional, Sequence, Tuple
 
+from ..ops import METHOD_SPECS, method_spec
+
 #: model choice of the benchmarks -> (config folder, config model name)
 MODEL_CONFIGS = {
     'pspnet': ('pspnet', 'pspnet_r18-d8'),
@@ -23,13 +25,46 @@ SETUPS = ('5L', '10L')
 #: eps values that have their own leaf config; others use eps0.8's leaf
 #: with ``eps`` overridden
 LEAF_EPS = (0.8, 0.9)
-#: methods whose leaf config carries an eps
-LEAF_EPS_METHODS = ('svd', 'hosvd', 'asi')
 
 
 def eps_tag(eps: float) -> str:
     """``0.8 -> 'eps0.8'``, as in the leaf config names."""
     return f'eps{eps:g}'
+
+
+def leaf_tag(method: str, eps: Optional[float] = None) -> str:
+    """The method tag of a leaf config name: ``('hosvd', 0.8) ->
+    'hosvd-eps0.8'``, ``('gradient_filter', None) -> 'gradient-filter'``
+    (the registry's ``config_tag``, and the eps of low-rank methods).
+
+    Raises:
+        ValueError: an unknown method, or a low-rank one without eps.
+    """
+    spec = method_spec(method)
+    if not spec.low_rank:
+        return spec.config_tag
+    if eps is None:
+        raise ValueError(f'method {method!r}: its leaf tag needs an eps')
+    return f'{spec.config_tag}-{eps_tag(eps)}'
+
+
+def parse_leaf_tag(tag: str) -> Tuple[str, Optional[float]]:
+    """``(method, eps)`` of a leaf tag: ``'hosvd-eps0.8' -> ('hosvd',
+    0.8)``; a suffix after the eps (``'hosvd-eps0.8-lean-all'``) names a
+    variant of the same method and eps.
+
+    Raises:
+        ValueError: no method's ``config_tag`` starts ``tag``.
+    """
+    for method, spec in METHOD_SPECS.items():
+        if not spec.low_rank and tag == spec.config_tag:
+            return method.value, None
+        prefix = f'{spec.config_tag}-eps'
+        if spec.low_rank and tag.startswith(prefix):
+            return method.value, float(tag[len(prefix):].split('-', 1)[0])
+    raise ValueError(f'leaf tag {tag!r}: expected one of '
+                     f'{[s.config_tag for s in METHOD_SPECS.values()]}, '
+                     'low-rank ones followed by -eps<value>')
 
 
 def leaf_config_path(configs: str, model: str, setup: str, method: str,
@@ -42,8 +77,7 @@ def leaf_config_path(configs: str, model: str, setup: str, method: str,
         configs: the ``configs`` folder of the repository.
         model: a key of :data:`MODEL_CONFIGS`.
         setup: one of :data:`SETUPS`.
-        method: ``'vanilla'``, ``'gradient_filter'``, ``'svd'``,
-            ``'hosvd'`` or ``'asi'``.
+        method: a compression method (:class:`mmseg_hosvd.ops.Method`).
         eps: explained-variance threshold of svd/hosvd/asi (default 0.8).
 
     Raises:
@@ -55,20 +89,14 @@ def leaf_config_path(configs: str, model: str, setup: str, method: str,
     if setup not in SETUPS:
         raise ValueError(f'setup: expected one of {SETUPS}, got {setup!r}')
     folder, name = MODEL_CONFIGS[model]
-    override = None
-    if method == 'vanilla':
-        tag = 'vanilla'
-    elif method == 'gradient_filter':
-        tag = 'gradient-filter'
-    elif method in LEAF_EPS_METHODS:
+    override, leaf_eps = None, None
+    if method_spec(method).low_rank:
         eps = 0.8 if eps is None else eps
         leaf_eps = eps if any(math.isclose(eps, e)
                               for e in LEAF_EPS) else 0.8
         if not math.isclose(leaf_eps, eps):
             override = eps
-        tag = f'{method}-{eps_tag(leaf_eps)}'
-    else:
-        raise ValueError(f'method: unknown {method!r}')
+    tag = leaf_tag(method, leaf_eps)
     path = osp.join(configs, folder,
                     f'{name}_{setup.lower()}-{tag}_1xb8-20k_voc12aug-'
                     '512x512.py')

@@ -11,6 +11,7 @@ from typing import Dict, Optional, Sequence
 
 from ..ops import COMPRESSED_BACKWARD_NODES
 from ..ops.linear_functions import LINEAR_BACKWARD_NODES
+from .rows import DEFAULT_LEAN_BACKWARD
 
 #: autograd nodes of the plugin's compressed convs and linears
 COMPRESSED_NODES = tuple(COMPRESSED_BACKWARD_NODES)
@@ -88,11 +89,13 @@ def group_shares(by_saved: Dict[str, float]) -> Dict[str, float]:
 
 def method_label(record: dict) -> str:
     """``'hosvd eps=0.8, lean all, lean loss, amp'``: the method and the
-    variant flags a record ran with (defaults left out)."""
+    variant flags a record ran with (``lean_backward='off'``, no lean loss
+    and no amp left out; a record without ``lean_backward`` ran with the
+    hook's default, :data:`~.rows.DEFAULT_LEAN_BACKWARD`)."""
     label = record['method']
     if record.get('eps') is not None:
         label += f" eps={record['eps']:g}"
-    lean = record.get('lean_backward', 'off')
+    lean = record.get('lean_backward', DEFAULT_LEAN_BACKWARD)
     if lean != 'off':
         label += f', lean {lean}'
     if record.get('lean_loss'):

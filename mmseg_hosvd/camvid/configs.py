@@ -8,6 +8,9 @@ import os.path as osp
 import time
 from typing import Optional, Tuple
 
+from ..bench.configs import parse_leaf_tag
+from ..ops import Method
+
 #: model choice -> (config folder, config prefix, label in tables)
 MODELS = {
     'deeplabv3-m': ('mobilenet_v2', 'mobilenet-v2-d8_deeplabv3', 'DLV3-M'),
@@ -15,18 +18,15 @@ MODELS = {
     'segformer': ('segformer', 'segformer_mit-b0', 'SegFormer-B0'),
 }
 DEPTHS = ('5l', '10l')
-#: method choice (leaf tag) -> (hook method, eps)
-METHODS = {
-    'vanilla': ('vanilla', None),
-    'gradient-filter': ('gradient_filter', None),
-    'svd-eps0.8': ('svd', 0.8),
-    'hosvd-eps0.8': ('hosvd', 0.8),
-    'hosvd-eps0.9': ('hosvd', 0.9),
-    'asi-eps0.8': ('asi', 0.8),
-    # the plugin's leanest mode: lean_backward='all' (trainable BatchNorms
-    # after compressed convs folded too) and lean_loss=True
-    'hosvd-eps0.8-lean-all': ('hosvd', 0.8),
-}
+#: the experiment's methods: the tags of their leaf configs
+TAGS = ('vanilla', 'gradient-filter', 'svd-eps0.8', 'hosvd-eps0.8',
+        'hosvd-eps0.9', 'asi-eps0.8',
+        # the plugin's leanest mode: lean_backward='all' (trainable
+        # BatchNorms after compressed convs folded too) and lean_loss=True
+        'hosvd-eps0.8-lean-all')
+#: method choice (leaf tag) -> (hook method, eps), read from the method
+#: registry (:func:`mmseg_hosvd.bench.parse_leaf_tag`)
+METHODS = {tag: parse_leaf_tag(tag) for tag in TAGS}
 #: the evaluation splits: dusk (the target) and daytime (what is forgotten)
 SPLITS = ('target_val', 'val')
 #: smoke sizes: a handful of images, 2 iterations per run
@@ -121,7 +121,7 @@ def run_cfg(path: str, data_root: str, work_dir: str, seed: int,
     if smoke:
         cfg.default_hooks.logger.interval = 1
     compression = cfg.default_hooks.get('compression')
-    if compression is not None and compression.method == 'asi':
+    if compression is not None and compression.method == Method.ASI:
         compression.seed = seed  # the random starting bases
     isolate(cfg, work_dir)
     return cfg

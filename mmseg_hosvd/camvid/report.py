@@ -65,6 +65,38 @@ def table(header: Sequence[str], rows: List[list]) -> str:
                     disable_numparse=True)
 
 
+def mean_rows(summary: dict) -> List[list]:
+    """The "mean over seeds" table's rows: per (model, depth, method), then
+    one per starting checkpoint."""
+    pre = summary['pretrain']
+    runs = summary['runs']
+    rows = []
+    groups = group(runs)
+    for (model, depth, tag), rs in groups.items():
+        vanilla = groups.get((model, depth, 'vanilla'))
+        miou = [r['target_val']['mIoU'] for r in rs]
+        delta = (mean(miou) - mean([r['target_val']['mIoU']
+                                    for r in vanilla])) if vanilla else None
+        mem = mean([r['act_mem_mean_mib'] for r in rs])
+        ratio = (mean([r['act_mem_mean_mib'] for r in vanilla]) / mem
+                 if vanilla and mem > 0 else None)
+        saved = [r['step_saved_mib'] for r in rs
+                 if r['step_saved_mib'] is not None]
+        rows.append([
+            rs[0]['label'], depth.upper(), tag, len(rs), spread(miou),
+            ('%+.2f' % delta) if delta is not None else '-',
+            spread([r['val']['mIoU'] for r in rs]), fmt_mib(mem),
+            ('%.1fx' % ratio) if ratio else '-',
+            fmt_mib(mean(saved)) if saved else '-',
+            fmt(mean([r['step_time_s'] for r in rs]))
+        ])
+    for r in pre:
+        rows.append([r['label'], '-', 'pretrained, not fine-tuned', '-',
+                     fmt(r['target_val']['mIoU']), '-',
+                     fmt(r['val']['mIoU']), '-', '-', '-', '-'])
+    return rows
+
+
 def markdown(summary: dict) -> str:
     """``results.md``: the starting checkpoints, every fine-tuning run and
     the means over seeds."""
@@ -120,30 +152,7 @@ def markdown(summary: dict) -> str:
         'vanilla\'s mean activation memory / the method\'s.',
         '',
     ]
-    rows = []
-    groups = group(runs)
-    for (model, depth, tag), rs in groups.items():
-        vanilla = groups.get((model, depth, 'vanilla'))
-        miou = [r['target_val']['mIoU'] for r in rs]
-        delta = (mean(miou) - mean([r['target_val']['mIoU']
-                                    for r in vanilla])) if vanilla else None
-        mem = mean([r['act_mem_mean_mib'] for r in rs])
-        ratio = (mean([r['act_mem_mean_mib'] for r in vanilla]) / mem
-                 if vanilla and mem > 0 else None)
-        saved = [r['step_saved_mib'] for r in rs
-                 if r['step_saved_mib'] is not None]
-        rows.append([
-            rs[0]['label'], depth.upper(), tag, len(rs), spread(miou),
-            ('%+.2f' % delta) if delta is not None else '-',
-            spread([r['val']['mIoU'] for r in rs]), fmt_mib(mem),
-            ('%.1fx' % ratio) if ratio else '-',
-            fmt_mib(mean(saved)) if saved else '-',
-            fmt(mean([r['step_time_s'] for r in rs]))
-        ])
-    for r in pre:
-        rows.append([r['label'], '-', 'pretrained, not fine-tuned', '-',
-                     fmt(r['target_val']['mIoU']), '-',
-                     fmt(r['val']['mIoU']), '-', '-', '-', '-'])
+    rows = mean_rows(summary)
     lines += [
         table(['model', 'depth', 'method', 'seeds', 'mIoU target_val',
                'Δ vanilla', 'mIoU val', 'act mem mean (MiB)',

@@ -23,6 +23,8 @@ from .linear import CompressedLinear
 from .methods import (ASI, LINEAR_METHODS, LOW_RANK_METHODS, METHODS,
                       MODULE_METHODS, NON_FINITE_MODES, VANILLA,
                       check_non_finite)
+# TEMPORARY: replaced by the ops branch (the method registry)
+from .methods import METHOD_SPECS, Method, MethodSpec, method_spec
 from .rank_budget import (allocate_hosvd_ranks,
                           solve_multiple_choice_knapsack)
 from .subspace_iteration import (SubspaceTracker, subspace_iteration_step)
@@ -37,5 +39,6 @@ __all__ = [
     'CompressionContext', 'DecompositionCache', 'SubspaceTracker',
     'subspace_iteration_step', 'allocate_hosvd_ranks',
     'solve_multiple_choice_knapsack', 'compressed_conv2d', 'ConvGeometry',
-    'COMPRESSED_BACKWARD_NODES', 'CompressedLinear', 'LINEAR_METHODS'
+    'COMPRESSED_BACKWARD_NODES', 'CompressedLinear', 'LINEAR_METHODS',
+    'Method', 'MethodSpec', 'METHOD_SPECS', 'method_spec'
 ]

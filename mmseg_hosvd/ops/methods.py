@@ -62,3 +62,51 @@ def check_weight_grad_path(path: str) -> str:
         raise ValueError(f'path must be one of {WEIGHT_GRAD_PATHS}, got '
                          f'path={path!r}')
     return path
+
+
+# TEMPORARY: replaced by the ops branch (the method registry). A minimal
+# version of the names the tools branch codes against.
+import enum  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Dict, Union  # noqa: E402
+
+
+class Method(str, enum.Enum):
+    """The compression methods (a str enum: ``Method.HOSVD == 'hosvd'``)."""
+    VANILLA = 'vanilla'
+    GRADIENT_FILTER = 'gradient_filter'
+    SVD = 'svd'
+    HOSVD = 'hosvd'
+    ASI = 'asi'
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method is: ``config_tag`` names its leaf configs."""
+    name: Method
+    low_rank: bool
+    takes_linear: bool
+    stateful: bool
+    config_tag: str
+
+
+METHOD_SPECS: Dict[Method, MethodSpec] = {
+    Method.VANILLA: MethodSpec(Method.VANILLA, False, True, False,
+                               'vanilla'),
+    Method.GRADIENT_FILTER: MethodSpec(Method.GRADIENT_FILTER, False, False,
+                                       False, 'gradient-filter'),
+    Method.SVD: MethodSpec(Method.SVD, True, True, False, 'svd'),
+    Method.HOSVD: MethodSpec(Method.HOSVD, True, True, False, 'hosvd'),
+    Method.ASI: MethodSpec(Method.ASI, True, True, True, 'asi'),
+}
+
+
+def method_spec(name: Union[str, Method]) -> MethodSpec:
+    """The :class:`MethodSpec` of ``name``; ValueError naming the allowed
+    values."""
+    try:
+        return METHOD_SPECS[Method(name)]
+    except ValueError:
+        raise ValueError(f'method must be one of '
+                         f'{tuple(m.value for m in Method)}, got '
+                         f'{name!r}') from None

@@ -1,0 +1,121 @@
+"""What the benchmarks run: their methods, one row's settings and the named
+row sets (presets) of the memory benchmark.
+
+Method names come from the plugin's registry (:data:`mmseg_hosvd.ops.
+METHOD_SPECS`); the memory benchmark adds one peer, :data:`CHECKPOINT`: the
+vanilla leaf config with its trainable modules under
+``torch.utils.checkpoint``. A :class:`BenchmarkRow` is one row: a method and
+its variant flags (lean backward, lean loss, mixed precision), for a model
+and setup. ``which-to-pick`` is the README's "Which to pick" table: plain
+partial fine-tuning and what PyTorch and MMSegmentation already offer
+(activation checkpointing, mixed precision) beside the compression methods
+in their default and best modes; ``which-to-pick-short`` keeps five of its
+rows (vanilla, checkpointing, vanilla AMP, HOSVD in its leanest mode, with
+and without AMP).
+"""
+import dataclasses
+import itertools
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..ops import METHOD_SPECS, Method, method_spec
+
+#: the compression hook's default ``lean_backward`` (the benchmarks' too)
+DEFAULT_LEAN_BACKWARD = 'exact'
+#: the memory benchmark's activation-checkpointing peer
+CHECKPOINT = 'checkpoint'
+#: where that peer places ``torch.utils.checkpoint``: one per block
+#: (10L, batch 2, 256x256, CPU step peak: FCN 66.8 MiB per block, 67.9 per
+#: segment; DeepLabV3 62.5 both; 86.8 and 72.2 without checkpointing)
+CHECKPOINT_PLACEMENT = 'block'
+#: the compression methods, in the registry's order
+METHODS = tuple(method.value for method in METHOD_SPECS)
+#: the memory benchmark's methods: the compression methods and the peer
+MEMORY_METHODS = (Method.VANILLA.value, CHECKPOINT) + tuple(
+    m for m in METHODS if m != Method.VANILLA.value)
+
+
+def is_low_rank(method: str) -> bool:
+    """Whether ``method`` keeps low-rank factors (it takes an eps)."""
+    return method != CHECKPOINT and method_spec(method).low_rank
+
+
+def config_method(method: str) -> str:
+    """The method of the leaf config a benchmark method runs
+    (:data:`CHECKPOINT`: the vanilla one, its trainable modules then
+    checkpointed)."""
+    return Method.VANILLA.value if method == CHECKPOINT else method
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkRow:
+    """One benchmark row (a preset's rows leave model and setup None).
+
+    Args:
+        method: a method of :data:`MEMORY_METHODS`.
+        eps: svd/hosvd/asi threshold, None for the others.
+        lean_backward: the compression hook's ``lean_backward``.
+        lean_loss: the compression hook's ``lean_loss``.
+        amp: bf16 autocast on the CPU, ``AmpOptimWrapper`` on CUDA.
+        model: a key of :data:`~.configs.MODEL_CONFIGS`.
+        setup: one of :data:`~.configs.SETUPS`.
+    """
+    method: str
+    eps: Optional[float] = None
+    lean_backward: str = DEFAULT_LEAN_BACKWARD
+    lean_loss: bool = False
+    amp: bool = False
+    model: Optional[str] = None
+    setup: Optional[str] = None
+
+    def at(self, model: str, setup: str) -> 'BenchmarkRow':
+        """This row for ``model`` and ``setup``."""
+        return dataclasses.replace(self, model=model, setup=setup)
+
+
+_VANILLA, _GRADIENT_FILTER, _HOSVD, _ASI = (
+    m.value for m in (Method.VANILLA, Method.GRADIENT_FILTER, Method.HOSVD,
+                      Method.ASI))
+_OFF = dict(lean_backward='off')
+_LEANEST = dict(lean_backward='all', lean_loss=True)
+PRESETS: Dict[str, Tuple[BenchmarkRow, ...]] = {
+    'which-to-pick': (
+        BenchmarkRow(_VANILLA, **_OFF),
+        BenchmarkRow(_VANILLA, lean_backward='exact', lean_loss=True),
+        BenchmarkRow(CHECKPOINT, **_OFF),
+        BenchmarkRow(_VANILLA, amp=True, **_OFF),
+        BenchmarkRow(_GRADIENT_FILTER, lean_backward='exact'),
+        BenchmarkRow(_HOSVD, 0.8, lean_backward='exact'),
+        BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
+        BenchmarkRow(_ASI, 0.8, **_LEANEST),
+        BenchmarkRow(_HOSVD, 0.8, amp=True, **_LEANEST),
+    ),
+    # the same comparison in five rows, for the heaviest models on a CPU
+    'which-to-pick-short': (
+        BenchmarkRow(_VANILLA, **_OFF),
+        BenchmarkRow(CHECKPOINT, **_OFF),
+        BenchmarkRow(_VANILLA, amp=True, **_OFF),
+        BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
+        BenchmarkRow(_HOSVD, 0.8, amp=True, **_LEANEST),
+    ),
+}
+
+
+def memory_rows(models: Sequence[str], setups: Sequence[str],
+                methods: Sequence[str] = (), eps: Sequence[float] = (),
+                lean_backward: Sequence[str] = (DEFAULT_LEAN_BACKWARD, ),
+                lean_loss: Sequence[bool] = (False, ), amp: bool = False,
+                preset: Optional[str] = None) -> List[BenchmarkRow]:
+    """The rows in run order: a preset's rows for every model and setup, or
+    the cross product, the variants (lean_backward modes, lean loss off/on,
+    the amp twin) of one combination next to each other."""
+    pairs = list(itertools.product(models, setups))
+    if preset is not None:
+        return [row.at(model, setup) for model, setup in pairs
+                for row in PRESETS[preset]]
+    amps = (False, True) if amp else (False, )
+    return [
+        BenchmarkRow(method, e, lean, loss, twin, model, setup)
+        for model, setup in pairs for method in methods
+        for e in (eps if is_low_rank(method) else [None])
+        for lean in lean_backward for loss in lean_loss for twin in amps
+    ]
