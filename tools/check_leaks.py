@@ -17,12 +17,14 @@ Usage (from the repository root)::
 
     .venv/bin/python tools/check_leaks.py --iters 300 --check-at 50
 
-Output (the last four lines; ``<...>`` are numbers)::
+Output (the last four lines; ``<...>`` are numbers; the last one is
+printed on one line)::
 
     after iteration 50: peak RSS <p1> MiB, current RSS <c1> MiB
     after iteration 300: peak RSS <p2> MiB, current RSS <c2> MiB
     peak RSS growth 50 -> 300: <+x.xx>% (not judged)
-    current RSS trend over iterations 151-300: <+s.ssss> MiB/iteration (limit 0.0500): OK
+    current RSS trend over iterations 151-300: <+s.ssss> MiB/iteration
+    (limit 0.0500): OK
 """
 import argparse
 import os.path as osp

@@ -66,25 +66,23 @@ def from_weights_only(obj: Any) -> Any:
 
 def _numpy_globals() -> List[Any]:
     """The numpy callables and classes a numeric ``np.ndarray``, a numpy
-    scalar or a ``np.dtype`` pickles as (numpy 1.x and 2.x module names): the exact
-    allow-list for checkpoints that hold numpy data. Nothing here runs code
-    beyond building arrays, scalars and dtypes from bytes."""
+    scalar or a ``np.dtype`` pickles as (numpy 1.x and 2.x module names):
+    the exact allow-list for checkpoints that hold numpy data. Nothing here
+    runs code beyond building arrays, scalars and dtypes from bytes."""
     found: List[Any] = [np.ndarray, np.dtype]
     # a dtype is rebuilt (BUILD) as an instance of its own class, e.g.
     # numpy.dtypes.Float32DType: the boolean and numeric ones, no object
     found += [type(np.dtype(code)) for code in '?' + np.typecodes['AllInteger']
               + np.typecodes['AllFloat']]
-    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
-        try:
-            multiarray = importlib.import_module(module)
-        except ImportError:
-            continue
-        for name in ('_reconstruct', 'scalar'):
-            obj = getattr(multiarray, name, None)
-            if obj is not None:
-                # torch matches globals by '<module>.<name>'; numpy 2 pickles
-                # name numpy._core, files from numpy 1 name numpy.core
-                found.append((obj, f'{module}.{name}'))
+    try:  # numpy 2 (numpy.core is a deprecated alias there)
+        multiarray = importlib.import_module('numpy._core.multiarray')
+    except ImportError:  # numpy 1
+        multiarray = importlib.import_module('numpy.core.multiarray')
+    for name in ('_reconstruct', 'scalar'):
+        # torch matches a global by its pickled '<module>.<name>': files
+        # from numpy 2 say numpy._core, files from numpy 1 numpy.core
+        for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+            found.append((getattr(multiarray, name), f'{module}.{name}'))
     return found
 
 
@@ -149,7 +147,8 @@ def _unsafe(source: Union[str, BinaryIO]) -> str:
     return f' ({", ".join(names)})' if names else ''
 
 
-def load_from_local_weights_only(filename: str, map_location: Any = None) -> Any:
+def load_from_local_weights_only(filename: str,
+                                 map_location: Any = None) -> Any:
     """mmengine ``CheckpointLoader`` scheme for local paths: as mmengine's
     ``load_from_local`` but through :func:`load_weights_only`."""
     filename = osp.expanduser(filename)
