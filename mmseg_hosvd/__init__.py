@@ -5,7 +5,10 @@ checks that an mmcv version MMSegmentation 1.2 accepts is installed (see
 :mod:`mmseg_hosvd.compat.mmcv_version`; ImportError saying what to install
 otherwise), then makes ``mmseg.models`` importable without mmcv's compiled
 ops (see :mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
-registers the plugin's hooks in mmengine's ``HOOKS`` registry.
+registers the plugin's hooks in mmengine's ``HOOKS`` registry and makes
+mmengine load local and ``http(s)://`` checkpoints with
+``torch.load(weights_only=True)``, explicitly, whatever torch's default
+(:func:`~mmseg_hosvd.engine.weights_only.install_weights_only_loader`).
 """
 from .compat.mmcv_version import require_compatible_mmcv
 
@@ -18,6 +21,9 @@ install_mmcv_ops_fallback()
 from .engine import (ActivationCompressionHook,  # noqa: E402
                      ActivationMemoryHook, NonFiniteStepGuardHook,
                      WeightsOnlyCheckpointHook)
+from .engine.weights_only import install_weights_only_loader  # noqa: E402
+
+install_weights_only_loader()
 from .lean_loss import (LeanLossEncoderDecoder,  # noqa: E402
                         install_lean_loss, remove_lean_loss)
 from .ops import CompressedConv2d, CompressionStats  # noqa: E402
