@@ -10,7 +10,7 @@ import pytest
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(REPO, 'tools'))
 
-import mmseg_hosvd  # noqa: E402,F401  (fallback for mmcv.ops, hooks)
+import mmseg_hosvd.engine  # noqa: E402,F401  (fallback for mmcv.ops, hooks)
 from mmseg_hosvd.datasets import (make_tiny_camvid,  # noqa: E402
                                   make_tiny_voc)
 

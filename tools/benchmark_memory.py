@@ -66,7 +66,7 @@ if REPO not in sys.path:
 
 import torch  # noqa: E402
 
-import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
+import mmseg_hosvd.engine  # noqa: E402,F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.arguments import (eps_value,  # noqa: E402
                                         positive_int)
 from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402

@@ -59,7 +59,7 @@ if REPO not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import mmseg_hosvd  # noqa: E402,F401  (mmcv.ops fallback, hooks)
+import mmseg_hosvd.engine  # noqa: E402,F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.arguments import (eps_value,  # noqa: E402
                                         positive_int)
 from mmseg_hosvd.bench import (MODEL_CONFIGS, SETUPS,  # noqa: E402
@@ -69,7 +69,7 @@ from mmseg_hosvd.lean_backward import LEAN_BACKWARD_MODES  # noqa: E402
 from mmseg_hosvd.ops import (MIB, distinct_kept_bytes,  # noqa: E402
                              explained_variance_rank, hosvd,
                              subspace_iteration_step)
-from mmseg_hosvd.ops.decomposition import multi_mode_product  # noqa: E402
+from mmseg_hosvd.decomposition import multi_mode_product  # noqa: E402
 
 CONFIGS = osp.join(REPO, 'configs')
 METHODS = ('vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi')

@@ -279,7 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     args = parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    import mmseg_hosvd  # noqa: F401  (mmcv.ops fallback, hooks)
+    import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
     from mmseg.utils import register_all_modules
     register_all_modules()
     os.makedirs(args.out, exist_ok=True)

@@ -168,7 +168,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    import mmseg_hosvd  # noqa: F401  (registers the hooks)
+    import mmseg_hosvd.engine  # noqa: F401  (registers the hooks)
     from mmengine.runner import Runner
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = args.work_dir or scratch
