@@ -66,9 +66,9 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
     """``nn.Conv2d`` that keeps a compressed input for its weight gradient.
 
     Its :class:`~.folding.NormFolding` (:attr:`norm_folding`): after
-    :meth:`fold_norm`, the following eval-mode BatchNorm may be folded into
-    the weight and bias passed to :meth:`_conv_forward` (the compressed
-    input is the same).
+    :meth:`fold_norm`, the conv applies the following eval-mode BatchNorm
+    itself, folded into the weight and bias passed to :meth:`_conv_forward`
+    where that pays (the compressed input is the same).
 
     All work happens in :meth:`_conv_forward`, so code that calls
     ``conv._conv_forward(x, folded_weight, folded_bias)`` (conv-BN folding)
@@ -231,8 +231,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
         self.norm_folding.fold(norm)
 
     def forward(self, input: Tensor) -> Tensor:
-        weight, bias = self.norm_folding.weights(self, input)
-        return self._conv_forward(input, weight, bias)
+        return self.norm_folding.conv_forward(self, input)
 
     def _conv_forward(self, input: Tensor, weight: Tensor,
                       bias: Optional[Tensor]) -> Tensor:
