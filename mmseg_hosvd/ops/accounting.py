@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..decomposition import (MIB, SVDFactors, TuckerFactors, WholeInput,
+from ..decomposition import (SVDFactors, TuckerFactors, WholeInput,
                              decomposition_dtype)
 from .methods import VANILLA, method_spec
 
