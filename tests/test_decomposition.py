@@ -1,4 +1,6 @@
 """Tests of mmseg_hosvd.decomposition (layer 1: HOSVD/SVD math)."""
+import math
+
 import pytest
 import torch
 
@@ -408,35 +410,41 @@ def test_float64_mode_gram_matches_the_unfolding(monkeypatch):
             matrix.T @ matrix)
 
 
-def spread_spectrum_input(seed: int = 0) -> torch.Tensor:
-    """(64, 4, 6, 6) float64 with singular values of its (64, 144) reshape
-    spread over four decades (the float32 Gram's rounding matters)."""
+def spread_spectrum_input(rows: int, columns: int,
+                          seed: int = 0) -> torch.Tensor:
+    """(rows, columns) float64 of rank min(rows, columns) whose singular
+    values spread over four decades (the float32 Gram's rounding matters)."""
     generator = torch.Generator().manual_seed(seed)
-    left = torch.linalg.qr(torch.randn(64, 64, generator=generator,
+    rank = min(rows, columns)
+    left = torch.linalg.qr(torch.randn(rows, rank, generator=generator,
                                        dtype=torch.float64)).Q
-    right = torch.linalg.qr(torch.randn(144, 64, generator=generator,
+    right = torch.linalg.qr(torch.randn(columns, rank, generator=generator,
                                         dtype=torch.float64)).Q
-    values = torch.logspace(0, -4, 64, dtype=torch.float64)
-    return ((left * values) @ right.T).reshape(64, 4, 6, 6)
+    values = torch.logspace(0, -4, rank, dtype=torch.float64)
+    return (left * values) @ right.T
 
 
-def test_float32_svd_is_as_accurate_as_an_svd_at_high_eps():
-    """truncated_svd in float32 at eps 0.999 is refined in float64 like the
+@pytest.mark.parametrize('shape, eps', [((64, 4, 6, 6), 0.999),
+                                        ((512, 1, 1, 64), 0.9999)])
+def test_float32_svd_is_as_accurate_as_an_svd_at_high_eps(shape, eps):
+    """truncated_svd in float32 at high eps is refined in float64 like the
     HOSVD: within a small factor of a float32 LAPACK SVD of the same rank
-    (a float32 Gram alone was ~30x worse)."""
-    x = spread_spectrum_input()
-    eps = 0.999
+    (a float32 Gram alone was 10x to 25x worse). (64, 144): the row Gram
+    (convs); (512, 64): the column Gram (a linear's (M, C) input)."""
+    rows = shape[0]
+    x = spread_spectrum_input(rows, math.prod(shape[1:])).reshape(shape)
     reference = truncated_svd(x, eps)
     factors = truncated_svd(x.float(), eps)
     assert factors.rank == reference.rank
+    assert factors.left.dtype == torch.float32
     expected = reference.reconstruct()
 
     def error(approximation):
         return ((approximation.double() - expected).norm() /
                 expected.norm()).item()
 
-    matrix = x.float().reshape(64, -1)
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, vh = torch.linalg.svd(x.float().reshape(rows, -1),
+                                full_matrices=False)
     k = reference.rank
-    lapack = ((u[:, :k] * s[:k]) @ vh[:k]).reshape(x.shape)
+    lapack = ((u[:, :k] * s[:k]) @ vh[:k]).reshape(shape)
     assert error(factors.reconstruct()) < 3 * error(lapack) + 1e-7
