@@ -1,38 +1,47 @@
 """mmseg_hosvd: activation-map compression for memory-cheap fine-tuning.
 
-Importing this package (e.g. through a config's ``custom_imports``) first
-checks that an mmcv version MMSegmentation 1.2 accepts is installed (see
-:mod:`mmseg_hosvd.compat.mmcv_version`; ImportError saying what to install
-otherwise), then makes ``mmseg.models`` importable without mmcv's compiled
-ops (see :mod:`mmseg_hosvd.compat.mmcv_ops`, the one documented fallback) and
-registers the plugin's hooks in mmengine's ``HOOKS`` registry and makes
-mmengine load local and ``http(s)://`` checkpoints with
-``torch.load(weights_only=True)``, explicitly, whatever torch's default
-(:func:`~mmseg_hosvd.engine.weights_only.install_weights_only_loader`).
+Importing this package has no side effect: it imports neither mmengine,
+mmcv nor mmseg. The layers, data flowing one way:
+
+1. :mod:`mmseg_hosvd.decomposition`: HOSVD/SVD/ASI maths, pure torch;
+2. :mod:`mmseg_hosvd.ops`: the compressed layers and their autograd
+   Functions (torch only);
+3. model surgery (:mod:`mmseg_hosvd.surgery` and its peers);
+4. :mod:`mmseg_hosvd.engine`: the mmengine hooks. A config's
+   ``custom_imports`` names ``mmseg_hosvd.engine``, whose import checks the
+   installed mmcv, installs the documented ``mmcv.ops`` fallback
+   (:func:`mmseg_hosvd.compat.prepare_mmseg`) and registers the hooks.
+
+The public names below are imported on first access.
 """
-from .compat.mmcv_version import require_compatible_mmcv
-
-require_compatible_mmcv()
-
-from .compat.mmcv_ops import install_mmcv_ops_fallback  # noqa: E402
-
-install_mmcv_ops_fallback()
-
-from .engine import (ActivationCompressionHook,  # noqa: E402
-                     ActivationMemoryHook, NonFiniteStepGuardHook,
-                     WeightsOnlyCheckpointHook)
-from .engine.weights_only import install_weights_only_loader  # noqa: E402
-
-install_weights_only_loader()
-from .lean_loss import (LeanLossEncoderDecoder,  # noqa: E402
-                        install_lean_loss, remove_lean_loss)
-from .ops import CompressedConv2d, CompressionStats  # noqa: E402
+import importlib
+from typing import Any
 
 __version__ = '0.1.0'
 
-__all__ = [
-    'ActivationCompressionHook', 'ActivationMemoryHook',
-    'WeightsOnlyCheckpointHook', 'NonFiniteStepGuardHook', 'CompressedConv2d',
-    'CompressionStats', 'LeanLossEncoderDecoder', 'install_lean_loss',
-    'remove_lean_loss', '__version__'
-]
+#: public name -> module that defines it (imported on first access)
+_LAZY_NAMES = {
+    'ActivationCompressionHook': 'mmseg_hosvd.engine',
+    'ActivationMemoryHook': 'mmseg_hosvd.engine',
+    'WeightsOnlyCheckpointHook': 'mmseg_hosvd.engine',
+    'NonFiniteStepGuardHook': 'mmseg_hosvd.engine',
+    'LeanLossEncoderDecoder': 'mmseg_hosvd.lean_loss',
+    'install_lean_loss': 'mmseg_hosvd.lean_loss',
+    'remove_lean_loss': 'mmseg_hosvd.lean_loss',
+    'CompressedConv2d': 'mmseg_hosvd.ops',
+    'CompressedLinear': 'mmseg_hosvd.ops',
+    'CompressionStats': 'mmseg_hosvd.ops',
+}
+
+__all__ = sorted(_LAZY_NAMES) + ['__version__']
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_NAMES))

@@ -27,17 +27,24 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch.nn as nn
-from mmcv.cnn import ConvModule
-from mmcv.cnn.bricks.transformer import FFN
-from mmcv.cnn.bricks.transformer import \
-    MultiheadAttention as MMCVMultiheadAttention
-from mmseg.models.backbones.mit import MixFFN
-from mmseg.models.backbones.mit import \
-    TransformerEncoderLayer as MiTEncoderLayer
-from mmseg.models.backbones.resnet import BasicBlock
-from mmseg.models.backbones.swin import ShiftWindowMSA, SwinBlock, WindowMSA
 
+from .compat import prepare_mmseg
 from .ops.methods import MODULE_METHODS
+
+prepare_mmseg()  # before mmcv.cnn / mmseg.models (mmcv.ops fallback)
+
+# isort: off
+from mmcv.cnn import ConvModule  # noqa: E402
+from mmcv.cnn.bricks.transformer import FFN  # noqa: E402
+from mmcv.cnn.bricks.transformer import (  # noqa: E402
+    MultiheadAttention as MMCVMultiheadAttention)
+from mmseg.models.backbones.mit import MixFFN  # noqa: E402
+from mmseg.models.backbones.mit import (  # noqa: E402
+    TransformerEncoderLayer as MiTEncoderLayer)
+from mmseg.models.backbones.resnet import BasicBlock  # noqa: E402
+from mmseg.models.backbones.swin import (ShiftWindowMSA,  # noqa: E402
+                                         SwinBlock, WindowMSA)
+# isort: on
 
 CLASSIFIER_NAME = 'conv_seg'
 #: the per-entry keys of a ``layers`` entry given as a dict

@@ -43,14 +43,18 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch.nn as nn
-from mmcv.cnn import ConvModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .compat import prepare_mmseg
 from .ops import VANILLA, CompressedConv2d
 from .ops.activation import MaskedReLU, MaskedReLU6
 from .ops.dropout import MaskedDropout
 from .ops.folding import LeanBatchNorm2d, NormFolding, NormFoldingConv2d
 from .ops.pooling import ShapeOnlyAdaptiveAvgPool2d
+
+prepare_mmseg()  # before mmcv.cnn (mmcv.ops fallback)
+
+from mmcv.cnn import ConvModule  # noqa: E402
 
 #: ``lean_backward`` modes: nothing, every exact replacement, or also the
 #: folding of trainable BatchNorms after compressed convs

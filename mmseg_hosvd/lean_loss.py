@@ -33,14 +33,21 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.models.losses import CrossEntropyLoss
-from mmseg.models.segmentors import EncoderDecoder
-from mmseg.registry import MODELS
-from mmseg.utils import add_prefix
 from torch import Tensor
 
+from .compat import prepare_mmseg
 from .ops.resize_cross_entropy import resize_cross_entropy
+
+prepare_mmseg()  # before mmseg.models (mmcv.ops fallback)
+
+# isort: off
+from mmseg.models.decode_heads.decode_head import (  # noqa: E402
+    BaseDecodeHead)
+from mmseg.models.losses import CrossEntropyLoss  # noqa: E402
+from mmseg.models.segmentors import EncoderDecoder  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import add_prefix  # noqa: E402
+# isort: on
 
 EPS = torch.finfo(torch.float32).eps  # mmseg's guard against a 0 divisor
 

@@ -31,7 +31,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .ops.accounting import MIB
+from .ops import MIB
 
 DeviceLike = Union[str, torch.device]
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .ops.accounting import MIB
+from .ops import MIB
 from .peak_memory import PeakMemoryMeter  # noqa: F401  (re-export)
 
 #: kinds of saved storages

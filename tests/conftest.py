@@ -6,7 +6,7 @@ from typing import Optional
 
 import pytest
 
-import mmseg_hosvd  # noqa: F401  (fallback for mmcv.ops, hooks)
+import mmseg_hosvd.engine  # noqa: F401  (fallback for mmcv.ops, hooks)
 from mmseg_hosvd.datasets import make_tiny_camvid, make_tiny_voc
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

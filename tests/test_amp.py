@@ -94,10 +94,10 @@ def test_autocast_gradients_match_float32(tmp_path, tiny_voc, method):
     for name, grad in fp32.grads.items():
         error = (amp.grads[name] - grad).norm() / grad.norm().clamp(min=1e-12)
         assert error < GRAD_RTOL, f'{name}: relative error {error:.3g}'
-    # the layers really ran in the AMP dtype, and kept float32 factors
+    # the layers really ran in the AMP dtype, and kept factors in it
     assert set(amp.output_dtypes.values()) == {AMP_DTYPE}
     assert set(fp32.output_dtypes.values()) == {torch.float32}
     for name, stats in amp.stats.items():
         assert stats is not None, name
-        if method in ('svd', 'hosvd', 'asi'):  # float32 factors
-            assert stats.kept_bytes == 4 * stats.paper_elements, name
+        if method in ('svd', 'hosvd', 'asi'):  # factors in the AMP dtype
+            assert stats.kept_bytes == 2 * stats.paper_elements, name

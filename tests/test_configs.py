@@ -15,7 +15,7 @@ import re
 import pytest
 import torch.nn as nn
 
-import mmseg_hosvd  # noqa: F401  (before mmseg.models: mmcv.ops fallback)
+import mmseg_hosvd.engine  # noqa: F401  (before mmseg.models: mmcv.ops fallback)
 from mmseg.registry import HOOKS, MODELS
 from mmseg.utils import register_all_modules
 

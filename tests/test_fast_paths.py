@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from mmseg_hosvd.ops import hosvd
-from mmseg_hosvd.ops import decomposition, eigen
-from mmseg_hosvd.ops import unfolding as unfolding_module
-from mmseg_hosvd.ops.weight_grad import ConvGeometry, conv_weight_grad, \
+from mmseg_hosvd.decomposition import tucker as decomposition
+from mmseg_hosvd.decomposition import unfolding as unfolding_module
+from mmseg_hosvd.ops.conv_gradients import ConvGeometry, conv_weight_grad, \
     hosvd_weight_grad
-from mmseg_hosvd.ops.decomposition import (TuckerFactors,
+from mmseg_hosvd.decomposition import (TuckerFactors,
                                            explained_variance_rank)
-from mmseg_hosvd.ops.unfolding import mode_gram, multi_mode_product
+from mmseg_hosvd.decomposition.unfolding import mode_gram, multi_mode_product
 
 
 def unfolding(x, mode):
@@ -86,8 +86,7 @@ def test_hosvd_matches_four_svd_reference(eps):
 def test_dual_gram_gives_the_primal_ranks_and_subspaces(eps):
     # channels (300) > batch * height * width (2 * 4 * 4): dual Gram
     x = low_rank((2, 300, 4, 4), (2, 5, 3, 3), noise=0.05, seed=1)
-    assert decomposition.uses_dual_gram(x.shape, 1, eps)
-    assert not decomposition.uses_dual_gram(x.shape, 1, 1.0)
+    assert unfolding_module.uses_dual_gram(x.shape, 1)
     fast = hosvd(x, eps)
     plain = reference_hosvd(x, eps)
     assert fast.ranks == plain.ranks
@@ -112,8 +111,8 @@ def test_partial_eigensolver_matches_the_reference(dtype, eps, monkeypatch):
     # eigvalsh + subspace-iteration path
     x = low_rank((2, 512, 16, 16), (2, 6, 4, 4), noise=0.05, seed=2)
     calls = []
-    real = decomposition._leading_eigenvectors
-    monkeypatch.setattr(decomposition, '_leading_eigenvectors',
+    real = decomposition.leading_eigenvectors
+    monkeypatch.setattr(decomposition, 'leading_eigenvectors',
                         lambda *a: calls.append(a) or real(*a))
     assert x.shape[1] >= decomposition.PARTIAL_EIGH_MIN
     plain = reference_hosvd(x, eps)
@@ -134,8 +133,8 @@ def test_partial_eigensolver_matches_the_reference(dtype, eps, monkeypatch):
 def test_partial_eigensolver_falls_back_on_a_flat_spectrum(monkeypatch):
     x = torch.randn(1, 512, 16, 32, dtype=torch.float64)  # flat spectrum
     calls = []
-    real = decomposition._leading_eigenvectors
-    monkeypatch.setattr(decomposition, '_leading_eigenvectors',
+    real = decomposition.leading_eigenvectors
+    monkeypatch.setattr(decomposition, 'leading_eigenvectors',
                         lambda *a: calls.append(a) or real(*a))
     fast = hosvd(x, 0.5)
     plain = reference_hosvd(x, 0.5)
@@ -145,8 +144,9 @@ def test_partial_eigensolver_falls_back_on_a_flat_spectrum(monkeypatch):
     torch.testing.assert_close(u @ u.T, v @ v.T, rtol=0, atol=1e-8)
 
 
-def test_lapack_runs_single_threaded_and_restores_the_thread_count(
-        monkeypatch):
+def test_lapack_keeps_the_process_thread_count(monkeypatch):
+    """The eigensolvers run with torch's thread count: nothing in the
+    decomposition changes process-wide state."""
     threads = torch.get_num_threads()
     seen = []
     real = torch.linalg.eigh
@@ -156,14 +156,8 @@ def test_lapack_runs_single_threaded_and_restores_the_thread_count(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch.linalg, 'eigh', spy)
-    torch.set_num_threads(2)
-    try:
-        hosvd(torch.randn(2, 6, 5, 4), 0.8)
-        assert seen and set(seen) == {1}
-        assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError):
-            with eigen.single_threaded_lapack(torch.device('cpu')):
-                raise RuntimeError('restored on errors too')
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(torch, 'set_num_threads', lambda n: pytest.fail(
+        f'set_num_threads({n}) called by the decomposition'))
+    hosvd(torch.randn(2, 6, 5, 4), 0.8)
+    assert seen and set(seen) == {threads}
+    assert torch.get_num_threads() == threads

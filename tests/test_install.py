@@ -92,7 +92,7 @@ def _import_with_fake_mmcv(setup: str) -> subprocess.CompletedProcess:
         import sys, types
         {setup}
         try:
-            import mmseg_hosvd
+            import mmseg_hosvd.engine
         except ImportError as error:
             print('IMPORT-ERROR:', error)
         else:

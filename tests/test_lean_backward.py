@@ -67,9 +67,11 @@ def _gradients(cfg, state, method: str, eps: float, lean: str):
     hook.set_norm_eval()
     folded_calls = []
     for module in model.modules():
-        if isinstance(module, LeanBatchNorm2d):
+        if getattr(module, 'folded_norm', None) is not None:
+            # calls that apply their BatchNorm through the folded weight
             module.register_forward_pre_hook(
-                lambda m, args: folded_calls.append(m.skip_next))
+                lambda m, args: folded_calls.append(
+                    not m.folded_norm.training and folding_pays(m, args[0])))
     inputs, samples = _batch(cfg.model.decode_head.num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
     with SavedTensorMeter(params) as meter:
@@ -163,7 +165,7 @@ def test_folded_conv_norm_matches_conv_then_norm(bias, trainable_norm, batch,
         out = folding(x2)
         out = lean_norm(out)
         kept = meter.activation_bytes()
-    assert not lean_norm.skip_next  # consumed
+    assert lean_norm.folded == trainable_norm
     (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
      ).sum().backward()
     torch.testing.assert_close(out.detach(), ref[0], rtol=1e-12, atol=1e-12)
@@ -354,3 +356,27 @@ def test_composes_with_mmcv_efficient_conv_bn_eval():
         grads.append([p.grad.clone() for p in module.parameters()])
     for got, want in zip(grads[1], grads[0]):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('size', [12, 2])  # folded weight, normalised output
+def test_fold_cannot_fall_out_of_step(size):
+    """The fold is configuration, not a per-call flag: a conv call whose
+    BatchNorm call never comes (an exception, a recomputation) changes
+    nothing, and the BatchNorm applied elsewhere is the identity only
+    because its conv applies it, every time."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    norm = _norm(4, True)
+    folding = NormFoldingConv2d.from_conv(copy.deepcopy(conv))
+    lean_norm = LeanBatchNorm2d.from_norm(copy.deepcopy(norm))
+    folding.fold_norm(lean_norm)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        expected = norm(conv(x))
+    folding(x.requires_grad_())  # its BatchNorm call never comes (error)
+    with torch.no_grad():  # e.g. validation next: no folded weight
+        torch.testing.assert_close(lean_norm(folding(x)), expected)
+    torch.testing.assert_close(lean_norm(folding(x)), expected)
+    folding.fold_norm(None)  # unfolded: the BatchNorm applies itself again
+    assert not lean_norm.folded
+    torch.testing.assert_close(lean_norm(folding(x)), expected)

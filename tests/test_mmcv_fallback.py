@@ -5,7 +5,7 @@ import textwrap
 
 WITHOUT_EXT = textwrap.dedent('''
     import torch, mmcv
-    import mmseg_hosvd
+    import mmseg_hosvd.engine
     import mmseg.models  # needs mmcv.ops
     import mmcv.ops
     from mmseg_hosvd.compat.mmcv_ops import (MMCVOpsUnavailableError,
@@ -41,7 +41,7 @@ WITH_FAKE_EXT = textwrap.dedent('''
         return lambda *args, **kwargs: name
     ext.__getattr__ = op
     sys.modules['mmcv._ext'] = ext
-    import mmseg_hosvd
+    import mmseg_hosvd.engine
     import mmcv.ops
     from mmseg_hosvd.compat.mmcv_ops import is_fallback_active
     assert not is_fallback_active()

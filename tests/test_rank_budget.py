@@ -7,8 +7,8 @@ import random
 import pytest
 import torch
 
-from mmseg_hosvd.ops.decomposition import hosvd_paper_elements
-from mmseg_hosvd.ops.rank_budget import (RankOption, allocate_hosvd_ranks,
+from mmseg_hosvd.decomposition import hosvd_paper_elements
+from mmseg_hosvd.decomposition.rank_budget import (RankOption, allocate_hosvd_ranks,
                                          hosvd_rank_options,
                                          relative_truncation_errors,
                                          solve_multiple_choice_knapsack)

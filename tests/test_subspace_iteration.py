@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 from mmseg_hosvd.ops import CompressedConv2d, hosvd
-from mmseg_hosvd.ops.weight_grad import hosvd_weight_grad, ConvGeometry
-from mmseg_hosvd.ops.decomposition import TuckerFactors
-from mmseg_hosvd.ops.subspace_iteration import (SubspaceTracker, gram_route,
+from mmseg_hosvd.ops.conv_gradients import hosvd_weight_grad, ConvGeometry
+from mmseg_hosvd.decomposition import TuckerFactors
+from mmseg_hosvd.decomposition.subspace_iteration import (SubspaceTracker, gram_route,
                                                 gram_times, mode_cross,
                                                 random_orthonormal,
                                                 resize_basis,
@@ -280,4 +280,6 @@ def test_module_asi_under_autocast_orthogonalises_in_float32():
         torch.testing.assert_close(basis.T @ basis,
                                    torch.eye(basis.shape[1]), atol=1e-5,
                                    rtol=0)
-    assert asi.last_stats.kept_bytes == 4 * asi.last_stats.paper_elements
+    # kept in the autocast dtype (bf16): never more bytes than that input
+    assert asi.last_stats.kept_bytes == 2 * asi.last_stats.paper_elements
+    assert asi.last_stats.kept_bytes <= 2 * x.numel()

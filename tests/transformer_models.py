@@ -9,7 +9,7 @@ from typing import Dict, List
 import torch
 import torch.nn as nn
 
-import mmseg_hosvd  # noqa: F401,I001  (first: the mmcv.ops fallback)
+import mmseg_hosvd.engine  # noqa: F401,I001  (first: the mmcv.ops fallback)
 from mmengine.registry import DefaultScope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS

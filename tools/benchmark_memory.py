@@ -51,7 +51,7 @@ random label maps (seeded).
 import os.path as osp
 import time
 
-import mmseg_hosvd  # noqa: F401  (mmcv.ops fallback, hooks)
+import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.memory import (memory_parser, parse_memory_args,
                                       rows_of, run_memory_benchmark)
 from mmseg_hosvd.bench.report import comparison_table, markdown_table

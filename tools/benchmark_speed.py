@@ -52,7 +52,7 @@ from typing import List
 
 import torch
 
-import mmseg_hosvd  # noqa: F401  (mmcv.ops fallback, hooks)
+import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.layer_timing import layer_columns
 from mmseg_hosvd.bench.speed import (STEP_COLUMNS, SpeedBenchmark,
                                      column_table, load_text,

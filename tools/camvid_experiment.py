@@ -45,7 +45,7 @@ import os.path as osp
 import sys
 import time
 
-import mmseg_hosvd  # noqa: F401  (mmcv.ops fallback, hooks)
+import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.camvid import (experiment_parser, parse_experiment_args,
                                 rel, run_experiment)
 

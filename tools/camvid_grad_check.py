@@ -21,7 +21,7 @@ Usage (from the repository root)::
 """
 import os.path as osp
 
-import mmseg_hosvd  # noqa: F401  (mmcv.ops fallback, hooks)
+import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.camvid import (grad_check_parser, parse_grad_check_args,
                                 rel, run_grad_check)
 

@@ -5,7 +5,7 @@ _base_ = 'mmseg::_base_/default_runtime.py'
 
 # Registers the plugin's hooks and the mmcv.ops fallback before any
 # mmseg model is imported.
-custom_imports = dict(imports=['mmseg_hosvd'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_hosvd.engine'], allow_failed_imports=False)
 
 vis_backends = [
     dict(type='LocalVisBackend'),

@@ -6,7 +6,7 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
-from ..ops.accounting import MIB
+from ..ops import MIB
 from .probe import StepProbe
 
 

@@ -9,8 +9,7 @@ import json
 import math
 from typing import Dict, Optional, Sequence
 
-from ..ops import COMPRESSED_BACKWARD_NODES
-from ..ops.linear_functions import LINEAR_BACKWARD_NODES
+from ..ops import COMPRESSED_BACKWARD_NODES, LINEAR_BACKWARD_NODES
 from .rows import DEFAULT_LEAN_BACKWARD
 
 #: autograd nodes of the plugin's compressed convs and linears

@@ -1,7 +1,19 @@
-from .checkpoint_hook import WeightsOnlyCheckpointHook
-from .compression_hook import ActivationCompressionHook
-from .guard_hook import NonFiniteStepGuardHook
-from .memory_hook import ActivationMemoryHook
+"""Layer 4: the mmengine hooks, registered in mmengine's ``HOOKS``.
+
+This package is what a config's ``custom_imports`` names
+(``custom_imports = dict(imports=['mmseg_hosvd.engine'], ...)``): importing
+it first runs :func:`mmseg_hosvd.compat.prepare_mmseg` (mmcv version
+check, then the documented ``mmcv.ops`` fallback), then imports the hooks,
+which registers them.
+"""
+from ..compat import prepare_mmseg
+
+prepare_mmseg()
+
+from .checkpoint_hook import WeightsOnlyCheckpointHook  # noqa: E402
+from .compression_hook import ActivationCompressionHook  # noqa: E402
+from .guard_hook import NonFiniteStepGuardHook  # noqa: E402
+from .memory_hook import ActivationMemoryHook  # noqa: E402
 
 __all__ = [
     'ActivationCompressionHook', 'ActivationMemoryHook',

@@ -1,44 +1,57 @@
-"""Compressed-activation convolution ops (HOSVD, SVD, ASI, Gradient Filter).
+"""Layer 2: the compressed layers and their autograd Functions (torch only;
+the maths below them is :mod:`mmseg_hosvd.decomposition`).
 
-Modules: :mod:`.methods` (method names, checks), :mod:`.accounting` (bytes,
-:class:`CompressionStats`), :mod:`.decomposition` (HOSVD/SVD maths, on
-:mod:`.unfolding` and :mod:`.eigen`),
-:mod:`.weight_grad` (gradient maths), :mod:`.functions` (autograd
-Functions, their common backward in :mod:`.backward`), :mod:`.functional`
-(:func:`compressed_conv2d`), :mod:`.conv` (:class:`CompressedConv2d`) and
-:mod:`.linear` (:class:`CompressedLinear`, on :mod:`.linear_functions`),
-both on :mod:`.compressed_layer` (settings, shared-input factors).
+Modules, per concern:
+
+* :mod:`.methods`: the method registry (:class:`Method`,
+  :class:`MethodSpec`, :data:`METHOD_SPECS`, :func:`method_spec`);
+* :mod:`.accounting`: bytes kept, :class:`CompressionStats`;
+* :mod:`.context`: per-model state (shared-input cache, ASI tracker);
+* :mod:`.input_factors`: what a layer keeps of its input (factors in the
+  input's dtype, or the input itself where they would be larger);
+* gradient maths: :mod:`.conv_gradients` (:class:`ConvGeometry`),
+  :mod:`.linear_gradients`, :mod:`.gradient_filter`;
+* autograd Functions: :mod:`.conv_autograd`, :mod:`.linear_autograd`, their
+  shared backward in :mod:`.saved_weight_grads`;
+* the functional conv :func:`compressed_conv2d` (:mod:`.conv_functional`);
+* modules: :class:`CompressedConv2d` (:mod:`.conv`) and
+  :class:`CompressedLinear` (:mod:`.linear`) on :mod:`.layer_base`;
+* lean-backward modules: :mod:`.folding`, :mod:`.activation`,
+  :mod:`.dropout`, :mod:`.pooling`, :mod:`.attention`,
+  :mod:`.resize_cross_entropy`.
 """
-from .accounting import MIB, CompressionStats, distinct_kept_bytes, \
-    non_finite_layers
+from ..decomposition import (MIB, SubspaceTracker, SVDFactors, TuckerFactors,
+                             WholeInput, allocate_hosvd_ranks, check_eps,
+                             explained_variance_rank, hosvd,
+                             hosvd_paper_elements,
+                             solve_multiple_choice_knapsack,
+                             subspace_iteration_step, svd_paper_elements,
+                             truncated_svd)
+from .accounting import (CompressionStats, distinct_kept_bytes,
+                         non_finite_layers)
 from .context import CompressionContext, DecompositionCache
 from .conv import CompressedConv2d
-from .decomposition import (SVDFactors, TuckerFactors, check_eps,
-                            explained_variance_rank, hosvd,
-                            hosvd_paper_elements, svd_paper_elements,
-                            truncated_svd)
-from .functional import compressed_conv2d
-from .functions import COMPRESSED_BACKWARD_NODES
+from .conv_autograd import COMPRESSED_BACKWARD_NODES
+from .conv_functional import compressed_conv2d
+from .conv_gradients import ConvGeometry
 from .linear import CompressedLinear
-from .methods import (ASI, LINEAR_METHODS, LOW_RANK_METHODS, METHODS,
-                      MODULE_METHODS, NON_FINITE_MODES, VANILLA,
-                      check_non_finite)
-# TEMPORARY: replaced by the ops branch (the method registry)
-from .methods import METHOD_SPECS, Method, MethodSpec, method_spec
-from .rank_budget import (allocate_hosvd_ranks,
-                          solve_multiple_choice_knapsack)
-from .subspace_iteration import (SubspaceTracker, subspace_iteration_step)
-from .weight_grad import ConvGeometry
+from .linear_autograd import LINEAR_BACKWARD_NODES
+from .methods import (ASI, COMPRESSING_METHODS, LINEAR_METHODS,
+                      LOW_RANK_METHODS, METHOD_SPECS, METHODS, MODULE_METHODS,
+                      NON_FINITE_MODES, VANILLA, Method, MethodSpec,
+                      check_non_finite, method_spec)
 
 __all__ = [
-    'MIB', 'check_eps', 'hosvd', 'truncated_svd', 'TuckerFactors', 'SVDFactors',
-    'explained_variance_rank', 'hosvd_paper_elements', 'svd_paper_elements',
-    'CompressedConv2d', 'CompressionStats', 'METHODS', 'MODULE_METHODS',
+    'MIB', 'check_eps', 'hosvd', 'truncated_svd', 'TuckerFactors',
+    'SVDFactors', 'WholeInput', 'explained_variance_rank',
+    'hosvd_paper_elements', 'svd_paper_elements', 'CompressedConv2d',
+    'CompressionStats', 'Method', 'MethodSpec', 'METHOD_SPECS',
+    'method_spec', 'METHODS', 'COMPRESSING_METHODS', 'MODULE_METHODS',
     'VANILLA', 'ASI', 'LOW_RANK_METHODS', 'distinct_kept_bytes',
     'NON_FINITE_MODES', 'check_non_finite', 'non_finite_layers',
     'CompressionContext', 'DecompositionCache', 'SubspaceTracker',
     'subspace_iteration_step', 'allocate_hosvd_ranks',
     'solve_multiple_choice_knapsack', 'compressed_conv2d', 'ConvGeometry',
-    'COMPRESSED_BACKWARD_NODES', 'CompressedLinear', 'LINEAR_METHODS',
-    'Method', 'MethodSpec', 'METHOD_SPECS', 'method_spec'
+    'COMPRESSED_BACKWARD_NODES', 'LINEAR_BACKWARD_NODES', 'CompressedLinear',
+    'LINEAR_METHODS'
 ]

@@ -1,6 +1,6 @@
 """Units and byte accounting shared by the ops, hooks and tools.
 
-:class:`CompressionStats` is what one compressed conv call keeps for
+:class:`CompressionStats` is what one compressed layer call keeps for
 backward; the helpers count the bytes of saved tensors by their untyped
 storages (each storage once) and read the calls' non-finite flags.
 """
@@ -10,18 +10,16 @@ from typing import Dict, List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .decomposition import SVDFactors, TuckerFactors, decomposition_dtype
-from .methods import ASI, VANILLA
-
-#: bytes in one MiB (the paper's "MB" is 2**20 bytes)
-MIB = 2**20
+from ..decomposition import (SVDFactors, TuckerFactors, WholeInput,
+                             decomposition_dtype)
+from .methods import VANILLA, method_spec
 
 StorageKey = Tuple[str, int, int]
 
 
 @dataclass
 class CompressionStats:
-    """What one compressed conv call keeps for backward.
+    """What one compressed layer call (conv or linear) keeps for backward.
 
     Attributes:
         method: one of :data:`~.methods.MODULE_METHODS`.
@@ -31,18 +29,19 @@ class CompressionStats:
             C)``.
         paper_elements: the paper's element count: HOSVD
             ``K1*K2*K3*K4 + B*K1 + C*K2 + H*K3 + W*K4``, SVD
-            ``K*(B + C*H*W)``, Gradient Filter ``B*C*Hp*Wp``.
+            ``K*(B + C*H*W)``, Gradient Filter ``B*C*Hp*Wp``; the
+            input's element count where the input itself was kept.
         kept_bytes: bytes really kept from the activation: the untyped
             storages of the saved compressed tensors, each counted once
             (weight-derived tensors are not counted).
         ranks: HOSVD/ASI ``(K1, K2, K3, K4)``, SVD ``(K,)``, Gradient
-            Filter ``()``; a linear's Tucker ranks are those of its input's
+            Filter ``()``, the input's shape where it was kept whole; a linear's Tucker ranks are those of its input's
             channel-first view (see :mod:`.linear`).
         storage_keys: ``(device, data_ptr, nbytes)`` of each storage counted
-            in ``kept_bytes``: several convs that save the same storages
+            in ``kept_bytes``: several layers that save the same storages
             (a shared input's factors) show them each, and totals over
             layers count each key once (:func:`distinct_kept_bytes`).
-        reused: the factors were computed by another conv that read the
+        reused: the factors were computed by another layer that read the
             same input (see :class:`~.context.DecompositionCache`).
         non_finite: the input had NaN/Inf: a bool where the decomposition
             already synchronised with the host (HOSVD/SVD, ASI's first
@@ -121,12 +120,14 @@ def vanilla_stats(input: Tensor) -> 'CompressionStats':
 
 
 def factor_stats(method: str, input_shape: Tuple[int, ...],
-                 factors: Union[TuckerFactors, SVDFactors],
+                 factors: Union[TuckerFactors, SVDFactors, WholeInput],
                  ranks: Sequence[int],
                  reused: bool) -> 'CompressionStats':
-    """Stats of a HOSVD/SVD/ASI call that keeps ``factors`` (ASI's
-    non-finite flag is read off its core, without a host sync)."""
+    """Stats of a HOSVD/SVD/ASI call that keeps ``factors`` (a stateful
+    method's non-finite flag is read off its first tensor, without a host
+    sync)."""
     tensors = factors.tensors()
+    stateful = method_spec(method).stateful
     return CompressionStats(method=method,
                             input_shape=tuple(input_shape),
                             paper_elements=factors.paper_elements(),
@@ -134,8 +135,8 @@ def factor_stats(method: str, input_shape: Tuple[int, ...],
                             ranks=tuple(ranks),
                             storage_keys=storage_keys(tensors),
                             reused=reused,
-                            non_finite=(non_finite_flag(factors.core)
-                                        if method == ASI else False))
+                            non_finite=(non_finite_flag(tensors[0])
+                                        if stateful else False))
 
 
 def non_finite_stats(method: str, input_shape: Tuple[int, ...],

@@ -66,55 +66,16 @@ def attention_before_out_proj(
     if embed_dim != mha.embed_dim:
         raise ValueError(f'expected embedding dimension {mha.embed_dim}, got '
                          f'{embed_dim}')
-    key_padding_mask = F._canonical_mask(
-        mask=key_padding_mask, mask_name='key_padding_mask',
-        other_type=F._none_or_dtype(attn_mask), other_name='attn_mask',
-        target_type=query.dtype)
-    if is_causal and attn_mask is None:
-        raise RuntimeError('Need attn_mask if specifying the is_causal hint.')
-    if is_causal and key_padding_mask is None and not need_weights:
-        attn_mask = None
-    else:
-        attn_mask = F._canonical_mask(
-            mask=attn_mask, mask_name='attn_mask', other_type=None,
-            other_name='', target_type=query.dtype, check_other=False)
-        if key_padding_mask is not None:
-            is_causal = False
+    key_padding_mask, attn_mask, is_causal = _canonical_masks(
+        query, key_padding_mask, attn_mask, need_weights, is_causal)
     head_dim = embed_dim // num_heads
-    if mha._qkv_same_embed_dim:
-        q, k, v = F._in_projection_packed(query, key, value,
-                                          mha.in_proj_weight,
-                                          mha.in_proj_bias)
-    else:
-        b_q = b_k = b_v = None
-        if mha.in_proj_bias is not None:
-            b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
-        q, k, v = F._in_projection(query, key, value, mha.q_proj_weight,
-                                   mha.k_proj_weight, mha.v_proj_weight, b_q,
-                                   b_k, b_v)
-    src_len = key.shape[0]
-    if attn_mask is not None:
-        if attn_mask.dim() == 2:
-            if attn_mask.shape != (tgt_len, src_len):
-                raise RuntimeError(
-                    f'The shape of the 2D attn_mask is {attn_mask.shape}, '
-                    f'but should be {(tgt_len, src_len)}.')
-            attn_mask = attn_mask.unsqueeze(0)
-        elif attn_mask.dim() == 3:
-            if attn_mask.shape != (bsz * num_heads, tgt_len, src_len):
-                raise RuntimeError(
-                    f'The shape of the 3D attn_mask is {attn_mask.shape}, '
-                    f'but should be {(bsz * num_heads, tgt_len, src_len)}.')
-        else:
-            raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is "
-                               'not supported')
+    q, k, v = _in_projection(mha, query, key, value)
+    attn_mask = _batched_attn_mask(attn_mask, tgt_len, key.shape[0],
+                                   bsz * num_heads)
     if mha.bias_k is not None and mha.bias_v is not None:
         k = torch.cat([k, mha.bias_k.repeat(1, bsz, 1)])
         v = torch.cat([v, mha.bias_v.repeat(1, bsz, 1)])
-        if attn_mask is not None:
-            attn_mask = F.pad(attn_mask, (0, 1))
-        if key_padding_mask is not None:
-            key_padding_mask = F.pad(key_padding_mask, (0, 1))
+        attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
     q = q.view(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
     k = k.view(k.shape[0], bsz * num_heads, head_dim).transpose(0, 1)
     v = v.view(v.shape[0], bsz * num_heads, head_dim).transpose(0, 1)
@@ -122,38 +83,132 @@ def attention_before_out_proj(
         zeros = (bsz * num_heads, 1, head_dim)
         k = torch.cat([k, k.new_zeros(zeros)], dim=1)
         v = torch.cat([v, v.new_zeros(zeros)], dim=1)
-        if attn_mask is not None:
-            attn_mask = F.pad(attn_mask, (0, 1))
-        if key_padding_mask is not None:
-            key_padding_mask = F.pad(key_padding_mask, (0, 1))
-    src_len = k.size(1)
+        attn_mask, key_padding_mask = _pad_masks(attn_mask, key_padding_mask)
     if key_padding_mask is not None:
-        if key_padding_mask.shape != (bsz, src_len):
-            raise RuntimeError(
-                f'expected key_padding_mask of shape {(bsz, src_len)}, got '
-                f'{tuple(key_padding_mask.shape)}')
-        key_padding_mask = key_padding_mask.view(bsz, 1, 1, src_len).expand(
-            -1, num_heads, -1, -1).reshape(bsz * num_heads, 1, src_len)
-        attn_mask = key_padding_mask if attn_mask is None else \
-            attn_mask + key_padding_mask
+        attn_mask = _merge_padding_mask(attn_mask, key_padding_mask, bsz,
+                                        num_heads, k.size(1))
     dropout_p = mha.dropout if mha.training else 0.0
     if need_weights:
-        q_scaled = q * math.sqrt(1.0 / float(q.shape[-1]))
-        if attn_mask is not None:
-            weights = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
-        else:
-            weights = torch.bmm(q_scaled, k.transpose(-2, -1))
-        weights = F.softmax(weights, dim=-1)
-        if dropout_p > 0.0:
-            weights = F.dropout(weights, p=dropout_p)
-        heads = torch.bmm(weights, v)
-        heads = heads.transpose(0, 1).reshape(tgt_len, bsz, embed_dim)
-        weights = weights.view(bsz, num_heads, tgt_len, src_len)
+        heads, weights = _attention_with_weights(q, k, v, attn_mask,
+                                                 dropout_p, bsz, num_heads)
         if average_attn_weights:
             weights = weights.mean(dim=1)
-        if not is_batched:
-            heads, weights = heads.squeeze(1), weights.squeeze(0)
-        return heads, weights
+    else:
+        heads, weights = _scaled_dot_product(q, k, v, attn_mask, dropout_p,
+                                             is_causal, bsz, num_heads), None
+    heads = heads.reshape(tgt_len, bsz, embed_dim)
+    if not is_batched:
+        heads = heads.squeeze(1)
+        weights = None if weights is None else weights.squeeze(0)
+    return heads, weights
+
+
+def _canonical_masks(query: Tensor, key_padding_mask: Optional[Tensor],
+                     attn_mask: Optional[Tensor], need_weights: bool,
+                     is_causal: bool
+                     ) -> Tuple[Optional[Tensor], Optional[Tensor], bool]:
+    """The masks as ``F.multi_head_attention_forward`` canonicalises them,
+    and the ``is_causal`` hint left."""
+    key_padding_mask = F._canonical_mask(
+        mask=key_padding_mask, mask_name='key_padding_mask',
+        other_type=F._none_or_dtype(attn_mask), other_name='attn_mask',
+        target_type=query.dtype)
+    if is_causal and attn_mask is None:
+        raise RuntimeError('Need attn_mask if specifying the is_causal hint.')
+    if is_causal and key_padding_mask is None and not need_weights:
+        return key_padding_mask, None, is_causal
+    attn_mask = F._canonical_mask(
+        mask=attn_mask, mask_name='attn_mask', other_type=None,
+        other_name='', target_type=query.dtype, check_other=False)
+    if key_padding_mask is not None:
+        is_causal = False
+    return key_padding_mask, attn_mask, is_causal
+
+
+def _in_projection(mha: nn.MultiheadAttention, query: Tensor, key: Tensor,
+                   value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``q, k, v`` ``(L or S, B, E)`` of ``mha``'s input projections."""
+    if mha._qkv_same_embed_dim:
+        return F._in_projection_packed(query, key, value, mha.in_proj_weight,
+                                       mha.in_proj_bias)
+    b_q = b_k = b_v = None
+    if mha.in_proj_bias is not None:
+        b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
+    return F._in_projection(query, key, value, mha.q_proj_weight,
+                            mha.k_proj_weight, mha.v_proj_weight, b_q, b_k,
+                            b_v)
+
+
+def _batched_attn_mask(attn_mask: Optional[Tensor], tgt_len: int,
+                       src_len: int, heads: int) -> Optional[Tensor]:
+    """``attn_mask`` checked and made 3-D (``(1 or B*heads, L, S)``)."""
+    if attn_mask is None:
+        return None
+    if attn_mask.dim() == 2:
+        if attn_mask.shape != (tgt_len, src_len):
+            raise RuntimeError(
+                f'The shape of the 2D attn_mask is {attn_mask.shape}, '
+                f'but should be {(tgt_len, src_len)}.')
+        return attn_mask.unsqueeze(0)
+    if attn_mask.dim() == 3:
+        if attn_mask.shape != (heads, tgt_len, src_len):
+            raise RuntimeError(
+                f'The shape of the 3D attn_mask is {attn_mask.shape}, '
+                f'but should be {(heads, tgt_len, src_len)}.')
+        return attn_mask
+    raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is "
+                       'not supported')
+
+
+def _pad_masks(attn_mask: Optional[Tensor],
+               key_padding_mask: Optional[Tensor]
+               ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Both masks with one more key column (a bias or zero key)."""
+    if attn_mask is not None:
+        attn_mask = F.pad(attn_mask, (0, 1))
+    if key_padding_mask is not None:
+        key_padding_mask = F.pad(key_padding_mask, (0, 1))
+    return attn_mask, key_padding_mask
+
+
+def _merge_padding_mask(attn_mask: Optional[Tensor],
+                        key_padding_mask: Tensor, bsz: int, num_heads: int,
+                        src_len: int) -> Tensor:
+    """``attn_mask`` plus ``key_padding_mask`` ``(B, S)`` per head."""
+    if key_padding_mask.shape != (bsz, src_len):
+        raise RuntimeError(
+            f'expected key_padding_mask of shape {(bsz, src_len)}, got '
+            f'{tuple(key_padding_mask.shape)}')
+    key_padding_mask = key_padding_mask.view(bsz, 1, 1, src_len).expand(
+        -1, num_heads, -1, -1).reshape(bsz * num_heads, 1, src_len)
+    return key_padding_mask if attn_mask is None else \
+        attn_mask + key_padding_mask
+
+
+def _attention_with_weights(q: Tensor, k: Tensor, v: Tensor,
+                            attn_mask: Optional[Tensor], dropout_p: float,
+                            bsz: int, num_heads: int
+                            ) -> Tuple[Tensor, Tensor]:
+    """Heads ``(L, B*heads, head_dim)`` and weights ``(B, heads, L, S)``
+    from ``q, k, v`` ``(B*heads, L or S, head_dim)``."""
+    q_scaled = q * math.sqrt(1.0 / float(q.shape[-1]))
+    if attn_mask is not None:
+        weights = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
+    else:
+        weights = torch.bmm(q_scaled, k.transpose(-2, -1))
+    weights = F.softmax(weights, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    heads = torch.bmm(weights, v).transpose(0, 1)
+    return heads, weights.view(bsz, num_heads, q.shape[1], k.shape[1])
+
+
+def _scaled_dot_product(q: Tensor, k: Tensor, v: Tensor,
+                        attn_mask: Optional[Tensor], dropout_p: float,
+                        is_causal: bool, bsz: int, num_heads: int) -> Tensor:
+    """Heads ``(L, B, heads, head_dim)`` by
+    ``F.scaled_dot_product_attention``."""
+    tgt_len, src_len, head_dim = q.shape[1], k.shape[1], q.shape[2]
     if attn_mask is not None:
         if attn_mask.size(0) == 1 and attn_mask.dim() == 3:
             attn_mask = attn_mask.unsqueeze(0)
@@ -164,10 +219,7 @@ def attention_before_out_proj(
     v = v.view(bsz, num_heads, src_len, head_dim)
     heads = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p,
                                            is_causal)
-    heads = heads.permute(2, 0, 1, 3).reshape(tgt_len, bsz, embed_dim)
-    if not is_batched:
-        heads = heads.squeeze(1)
-    return heads, None
+    return heads.permute(2, 0, 1, 3)
 
 
 class CompressedMultiheadAttention(nn.MultiheadAttention):

@@ -1,4 +1,4 @@
-"""State shared by the compressed convs of one model (never global).
+"""State shared by the compressed layers of one model (never global).
 
 :class:`CompressionContext` is created once per model (by
 :func:`mmseg_hosvd.surgery.install_compression`) and handed to each of its
@@ -6,13 +6,13 @@
 buffer or parameter, so ``state_dict`` keys are those of the plain model).
 It holds
 
-* a :class:`DecompositionCache`: an input read by several compressed convs
+* a :class:`DecompositionCache`: an input read by several compressed layers
   (DeepLabV3's four ASPP branches read one tensor) is decomposed once; the
-  later convs reuse the same factor tensors, so one copy of them is saved
+  later layers reuse the same factor tensors, so one copy of them is saved
   for backward;
-* the :class:`~.subspace_iteration.SubspaceTracker` of the ``asi`` method
+* the :class:`~mmseg_hosvd.decomposition.SubspaceTracker` of the ``asi`` method
   (per-layer ranks and bases);
-* ``aliases``: conv name -> name of the conv whose factors it reused.
+* ``aliases``: layer name -> name of the layer whose factors it reused.
 """
 import weakref
 from dataclasses import dataclass
@@ -20,7 +20,7 @@ from typing import Any, Dict, Hashable, Optional, Tuple
 
 from torch import Tensor
 
-from .subspace_iteration import SubspaceTracker
+from ..decomposition import SubspaceTracker
 
 
 @dataclass
@@ -97,10 +97,10 @@ class DecompositionCache:
 
 
 class CompressionContext:
-    """Per-model state of the compressed convs (see the module docstring).
+    """Per-model state of the compressed layers (see the module docstring).
 
     Args:
-        share_inputs: decompose an input shared by several convs once.
+        share_inputs: decompose an input shared by several layers once.
         subspaces: the ``asi`` state; a default tracker (eps rule, seed 0)
             if None.
     """

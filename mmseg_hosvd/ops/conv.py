@@ -1,9 +1,9 @@
 """Conv2d whose saved input activation is compressed for the weight gradient.
 
 Layer 2: the module :class:`CompressedConv2d`, on top of the functional
-:func:`~.functional.compressed_conv2d` and the autograd Functions of
-:mod:`.functions`; method names in :mod:`.methods`, accounting in
-:mod:`.accounting`, gradient maths in :mod:`.weight_grad`.
+:func:`~.conv_functional.compressed_conv2d` and the autograd Functions of
+:mod:`.conv_autograd`; method registry in :mod:`.methods`, accounting in
+:mod:`.accounting`, gradient maths in :mod:`.conv_gradients`.
 
 Methods (:data:`~.methods.MODULE_METHODS`):
 
@@ -16,7 +16,13 @@ Methods (:data:`~.methods.MODULE_METHODS`):
   grad_bias is exact.
 * ``'asi'`` (module only, it has per-layer state): Tucker factors from one
   warm-started subspace-iteration step with fixed ranks
-  (:mod:`.subspace_iteration`); backward as ``'hosvd'``.
+  (:mod:`mmseg_hosvd.decomposition.subspace_iteration`); backward as
+  ``'hosvd'``.
+
+Where the factors at ``eps`` would take more elements than the input (e.g.
+``eps == 1``), the input itself is kept: never more bytes than the input.
+Factors are kept in the input's dtype (half-precision inputs: computed in
+float32, stored in the half type; their gradients are computed in float32).
 
 Inside a model, the :class:`CompressedConv2d` s share one
 :class:`~.context.CompressionContext`: an input read by several of them is
@@ -41,27 +47,28 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.utils import _pair
 
+from ..decomposition import check_eps
 from .accounting import CompressionStats
-from .compressed_layer import CompressedLayerMixin, share_parameters
 from .context import CompressionContext
-from .decomposition import check_eps
+from .conv_autograd import _ShapeOnlyPad
+from .conv_functional import (compressed_conv2d, low_rank_conv2d,
+                              non_finite_conv2d)
+from .conv_gradients import ConvGeometry, Pair
 from .folding import LeanBatchNorm2d, NormFolding
-from .functional import (autocast_arguments, compressed_conv2d,
-                         low_rank_conv2d, non_finite_conv2d)
-from .functions import _ShapeOnlyPad
 from .gradient_filter import check_radius
-from .methods import (LOW_RANK_METHODS, MODULE_METHODS, VANILLA, check_method,
-                      check_non_finite)
-from .weight_grad import ConvGeometry, Pair
+from .input_factors import autocast_arguments
+from .layer_base import CompressedLayerMixin, share_parameters
+from .methods import (MODULE_METHODS, check_method, check_non_finite,
+                      method_spec)
 
 
 class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
     """``nn.Conv2d`` that keeps a compressed input for its weight gradient.
 
     Its :class:`~.folding.NormFolding` (:attr:`norm_folding`): after
-    :meth:`fold_norm`, the following eval-mode BatchNorm may be folded into
-    the weight and bias passed to :meth:`_conv_forward` (the compressed
-    input is the same).
+    :meth:`fold_norm`, the conv applies the following eval-mode BatchNorm
+    itself, folded into the weight and bias passed to :meth:`_conv_forward`
+    where that pays (the compressed input is the same).
 
     All work happens in :meth:`_conv_forward`, so code that calls
     ``conv._conv_forward(x, folded_weight, folded_bias)`` (conv-BN folding)
@@ -97,7 +104,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
         Other arguments: as ``nn.Conv2d``.
 
     Under autocast the arguments are cast as autocast casts ``F.conv2d``'s;
-    decompositions run in float32.
+    decompositions run in float32, factors are kept in the cast dtype.
 
     Attributes:
         last_stats: :class:`CompressionStats` of the latest compressed call
@@ -224,8 +231,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
         self.norm_folding.fold(norm)
 
     def forward(self, input: Tensor) -> Tensor:
-        weight, bias = self.norm_folding.weights(self, input)
-        return self._conv_forward(input, weight, bias)
+        return self.norm_folding.conv_forward(self, input)
 
     def _conv_forward(self, input: Tensor, weight: Tensor,
                       bias: Optional[Tensor]) -> Tensor:
@@ -235,13 +241,14 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
         if input.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
             return self._conv_forward(input.unsqueeze(0), weight,
                                       bias).squeeze(0)
-        if self.method == VANILLA:
+        spec = method_spec(self.method)
+        if spec.decomposition == 'none':
             self._record_vanilla(input)
             return super()._conv_forward(input, weight, bias)
         padded_input, padding = self._explicitly_padded(input)
         geometry = ConvGeometry(_pair(self.stride), padding,
                                 _pair(self.dilation), self.groups)
-        if self.method in LOW_RANK_METHODS:
+        if spec.low_rank:
             output, stats = self._low_rank_forward(padded_input, weight, bias,
                                                    geometry)
             self.last_stats = stats

@@ -10,13 +10,18 @@ This is the idea of mmcv's ``efficient_conv_bn_eval`` applied to a conv and a
 BatchNorm that are separate modules (ResNet blocks, ``nn.Sequential``).
 
 :class:`NormFolding` (a component of :class:`NormFoldingConv2d` and of
-the compressed conv) does the folding in the conv's ``forward`` and
-:class:`LeanBatchNorm2d` (``folded``) passes its input through while in
-eval mode; both look at the same BatchNorm's ``training`` flag, so they
-switch together. Folding costs one weight-sized tensor (the folded weight,
-kept by the conv): it is meant for BatchNorms whose ``gamma`` trains; a
-frozen eval-mode :class:`LeanBatchNorm2d` keeps only its scale without
-folding. Pure torch: no mmengine/mmcv.
+the compressed conv) makes the conv apply the eval-mode BatchNorm itself,
+on every call: through the folded weight and bias where the folded weight
+is smaller than the conv's output, otherwise by normalising its output
+(:meth:`LeanBatchNorm2d.normalize`). A folded :class:`LeanBatchNorm2d` is
+then the identity while in eval mode. Both sides read only configuration
+(the fold, set once by :meth:`NormFolding.fold`) and the same BatchNorm's
+``training`` flag, never a per-call flag, so they cannot fall out of step
+(an exception or a recomputation between the two calls changes nothing).
+Folding costs one weight-sized tensor (the folded weight, kept by the
+conv): it is meant for BatchNorms whose ``gamma`` trains; a frozen
+eval-mode :class:`LeanBatchNorm2d` keeps only its scale without folding.
+Pure torch: no mmengine/mmcv.
 """
 from typing import Optional, Tuple
 
@@ -52,11 +57,12 @@ class NormFolding:
     plain attribute, not a submodule) held by :class:`NormFoldingConv2d` and
     :class:`~.conv.CompressedConv2d`.
 
-    After :meth:`fold`, while that BatchNorm is in eval mode and grad is
-    enabled, :meth:`weights` gives the conv's folded weight and bias (and
-    tells the BatchNorm to pass the conv's output through) when the folded
-    weight, kept for backward instead of the BatchNorm's input, is smaller
-    than the output; otherwise the conv's own Parameters.
+    After :meth:`fold`, while that BatchNorm is in eval mode,
+    :meth:`conv_forward` applies it: with the conv's folded weight and bias
+    when the folded weight, kept for backward instead of the BatchNorm's
+    input, is smaller than the output (:func:`folding_pays`), otherwise by
+    normalising the conv's output; the BatchNorm module itself is then the
+    identity (:attr:`LeanBatchNorm2d.folded`).
 
     Args:
         out_channels: the conv's output channels (the BatchNorm's width).
@@ -69,7 +75,8 @@ class NormFolding:
     def fold(self, norm: Optional['LeanBatchNorm2d']) -> None:
         """Apply ``norm`` (the BatchNorm reading the conv's output) while it
         is in eval mode; ``None`` stops folding. ``norm`` is not registered
-        as a submodule (``state_dict`` is unchanged)."""
+        as a submodule (``state_dict`` is unchanged); it is marked
+        :attr:`~LeanBatchNorm2d.folded` (a previous one is unmarked)."""
         if norm is not None and not isinstance(norm, LeanBatchNorm2d):
             raise TypeError(f'fold_norm: expected a LeanBatchNorm2d (which '
                             f'then passes its input through), got '
@@ -78,19 +85,23 @@ class NormFolding:
             raise ValueError(
                 f'fold_norm: BatchNorm of {norm.num_features} features '
                 f'after a conv of {self.out_channels} output channels')
+        if self.norm is not None:
+            self.norm.folded = False
+        if norm is not None:
+            norm.folded = True
         self.norm = norm
 
-    def weights(self, conv: nn.Conv2d,
-                input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        """Weight ``(Cout, Cin/groups, kh, kw)`` and bias ``(Cout,)`` for
-        ``conv._conv_forward(input, weight, bias)``: folded (and the
-        BatchNorm told to skip its next call) or ``conv``'s own."""
+    def conv_forward(self, conv: nn.Conv2d, input: Tensor) -> Tensor:
+        """``norm(conv(input))`` while the folded BatchNorm is in eval mode,
+        else ``conv(input)``, through ``conv._conv_forward``."""
         norm = self.norm
-        if norm is None or norm.training or not folding_pays(conv, input):
-            return conv.weight, conv.bias
-        weight, bias = fold_batch_norm(conv.weight, conv.bias, norm)
-        norm.skip_next = True
-        return weight, bias
+        if norm is None or norm.training:
+            return conv._conv_forward(input, conv.weight, conv.bias)
+        if folding_pays(conv, input):
+            weight, bias = fold_batch_norm(conv.weight, conv.bias, norm)
+            return conv._conv_forward(input, weight, bias)
+        return norm.normalize(
+            conv._conv_forward(input, conv.weight, conv.bias))
 
 
 def folding_pays(conv: nn.Conv2d, input: Tensor) -> bool:
@@ -115,9 +126,10 @@ class NormFoldingConv2d(nn.Conv2d):
 
     Its :class:`NormFolding` (:attr:`norm_folding`), after
     :meth:`fold_norm`, with that BatchNorm in eval mode and grad enabled,
-    makes ``forward`` call ``_conv_forward(x, W * s, (b - mean) * s +
-    beta)`` when the folded weight is smaller than the output; otherwise it
-    is ``nn.Conv2d.forward``. No parameters or buffers of its own.
+    makes ``forward`` apply that BatchNorm too (``_conv_forward(x, W * s,
+    (b - mean) * s + beta)`` when the folded weight is smaller than the
+    output); otherwise it is ``nn.Conv2d.forward``. No parameters or
+    buffers of its own.
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -134,8 +146,7 @@ class NormFoldingConv2d(nn.Conv2d):
         self.norm_folding.fold(norm)
 
     def forward(self, input: Tensor) -> Tensor:
-        weight, bias = self.norm_folding.weights(self, input)
-        return self._conv_forward(input, weight, bias)
+        return self.norm_folding.conv_forward(self, input)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> 'NormFoldingConv2d':
@@ -156,24 +167,29 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
 
     In eval mode it is the affine map ``x * s + t``:
 
-    * :attr:`skip_next` (set by a :class:`NormFoldingConv2d` that folded
-      this BatchNorm into its weight for the call): the identity;
-    * affine parameters frozen: ``x * s + t`` with ``s``, ``t`` constants,
-      which keeps only ``s`` (``Cout`` numbers) for backward;
-    * otherwise (trainable ``gamma`` needs the input): ``BatchNorm2d``.
+    * :attr:`folded` (folded into the conv before it by
+      :meth:`NormFolding.fold`, which then applies it): the identity;
+    * otherwise :meth:`normalize`: with frozen affine parameters ``x * s +
+      t`` with ``s``, ``t`` constants, which keeps only ``s`` (``Cout``
+      numbers) for backward; with a trainable ``gamma`` (which needs the
+      input) ``BatchNorm2d``.
 
     Training mode is plain ``BatchNorm2d``. Shares the original's
     Parameters and buffers, so ``state_dict`` is unchanged.
     """
 
-    #: set by the folding conv for the call that applied this BatchNorm;
-    #: consumed by the next ``forward``
-    skip_next: bool = False
+    #: applied by the conv before it while in eval mode (configuration set
+    #: by :meth:`NormFolding.fold`; a plain attribute, not in ``state_dict``)
+    folded: bool = False
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.skip_next:
-            self.skip_next = False
-            return input
+        if self.folded and not self.training:
+            return input  # the folding conv applied it
+        return self.normalize(input)
+
+    def normalize(self, input: Tensor) -> Tensor:
+        """This BatchNorm applied to ``input`` ``(B, C, H, W)``, keeping for
+        backward no more than the class docstring says."""
         if self.training:
             return super().forward(input)
         if not (torch.is_grad_enabled() and input.requires_grad) or (

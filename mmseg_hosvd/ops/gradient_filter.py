@@ -1,6 +1,6 @@
 """Gradient Filter math (Yang, Li, Marculescu, CVPR 2023), radius ``r``.
 
-Pure PyTorch, no autograd Function here (see :mod:`.conv`). For a conv with
+Pure PyTorch, no autograd Function here (see :mod:`.conv_autograd`). For a conv with
 stride ``(sh, sw)`` whose output is ``(Ho, Wo)``:
 
 * the patch grid has ``(ceil(Ho / r), ceil(Wo / r))`` patches; an input

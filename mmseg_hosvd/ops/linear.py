@@ -2,9 +2,10 @@
 gradient.
 
 Layer 2: the module :class:`CompressedLinear`, on top of the autograd
-Functions and weight-gradient maths of :mod:`.linear_functions`; the
-decompositions are those of the convs (:mod:`.decomposition`,
-:mod:`.subspace_iteration`), the accounting that of :mod:`.accounting`.
+Functions of :mod:`.linear_autograd` and the gradient maths of
+:mod:`.linear_gradients`; the decompositions are those of the convs
+(:mod:`mmseg_hosvd.decomposition`, through :mod:`.input_factors`), the
+accounting that of :mod:`.accounting`.
 
 Methods (:data:`~.methods.LINEAR_METHODS`): ``'vanilla'`` (the full input is
 kept, only its size recorded), ``'hosvd'``, ``'svd'`` and ``'asi'``, as for
@@ -29,13 +30,13 @@ as a conv's ``(K_B, K_C, K_H, K_W)``, while
 SVD's rows are the input's dim 0 (``B`` of ``(B, N, C)``, ``N`` of ``(N,
 B, C)``, ``M`` of ``(M, C)``): it truncates the ``(D0, D1*D2*C)``
 reshape, through the smaller of its two Gram matrices
-(:func:`~.linear_functions.row_truncated_svd`), so its rank is at most
+(:func:`~mmseg_hosvd.decomposition.truncated_svd`), so its rank is at most
 ``min(D0, D1*D2*C)``.
 
-Cost of ``eps == 1`` (tests): every Tucker mode is kept whole, an ``(M,
-C)`` input keeps an ``M x M`` factor; below 1, a mode larger than the
-product of the others (the rows of ``(M, C)``) takes its basis from the
-smaller dual Gram.
+A Tucker mode's rank is at most the product of the other modes' sizes (a
+mode larger than that, e.g. the rows of ``(M, C)``, takes its basis from
+the smaller dual Gram); where the factors would still take more elements
+than the input (e.g. ``eps == 1``), the input itself is kept.
 
 Note: ``nn.MultiheadAttention`` never calls its ``out_proj`` module (it
 passes ``out_proj.weight`` to ``F.linear`` itself), so replacing that
@@ -52,16 +53,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..decomposition import check_eps
 from .accounting import CompressionStats, factor_stats, non_finite_stats
-from .compressed_layer import CompressedLayerMixin, share_parameters
 from .context import CompressionContext
-from .decomposition import TuckerFactors, check_eps
-from .functional import Factors, autocast_arguments
-from .linear_functions import (LinearLowRankSpec, _LowRankLinearFunction,
-                               _NonFiniteLinearFunction, channel_first,
-                               check_linear_input, natural_view,
-                               row_truncated_svd)
-from .methods import VANILLA, check_linear_method, check_non_finite
+from .input_factors import Factors, autocast_arguments, kept_ranks
+from .layer_base import CompressedLayerMixin, share_parameters
+from .linear_autograd import (LinearLowRankSpec, _LowRankLinearFunction,
+                              _NonFiniteLinearFunction)
+from .linear_gradients import channel_first, check_linear_input, natural_view
+from .methods import check_linear_method, check_non_finite, method_spec
 
 #: tags the shared-input cache's configurations of linear layers: their
 #: factors (of the channel-last view) are never handed to a conv
@@ -96,7 +96,8 @@ class CompressedLinear(CompressedLayerMixin, nn.Linear):
         Other arguments: as ``nn.Linear``.
 
     Under autocast the arguments are cast as autocast casts ``F.linear``'s;
-    decompositions run in float32 (float64 for float64 inputs).
+    decompositions run in float32 (float64 for float64 inputs), factors are
+    kept in the cast dtype.
 
     Attributes:
         last_stats: :class:`~.accounting.CompressionStats` of the latest
@@ -108,7 +109,6 @@ class CompressedLinear(CompressedLayerMixin, nn.Linear):
 
     _LAYER = 'CompressedLinear'
     _CACHE_TAG = (CACHE_LAYOUT, )
-    _SVD = staticmethod(row_truncated_svd)
 
     def __init__(self,
                  in_features: int,
@@ -178,7 +178,7 @@ class CompressedLinear(CompressedLayerMixin, nn.Linear):
         if not self._compresses(input, self.weight):
             return F.linear(input, self.weight, self.bias)
         check_linear_input(input, self.name)
-        if self.method == VANILLA:
+        if method_spec(self.method).decomposition == 'none':
             self._record_vanilla(input)
             return F.linear(input, self.weight, self.bias)
         output, stats = self._low_rank_forward(input, self.weight, self.bias)
@@ -210,12 +210,12 @@ class CompressedLinear(CompressedLayerMixin, nn.Linear):
         if tuple(factors.shape) != view_shape:
             raise ValueError(f'factors of shape {tuple(factors.shape)} for '
                              f'an input viewed as {view_shape}')
-        spec = LinearLowRankSpec(self.method, view_shape)
-        tensors = factors.tensors()
+        spec = LinearLowRankSpec(type(factors), view_shape)
         output = _LowRankLinearFunction.apply(input, weight, bias, spec,
-                                              *tensors)
-        ranks = (channel_first(factors.ranks) if isinstance(
-            factors, TuckerFactors) else (factors.rank, ))
+                                              *factors.tensors())
+        ranks = kept_ranks(self.method, factors)
+        if len(ranks) == len(view_shape):  # Tucker or whole: channel first
+            ranks = channel_first(ranks)
         return output, factor_stats(self.method, tuple(input.shape), factors,
                                     ranks, reused)
 

@@ -7,7 +7,7 @@ _base_ = [
     'mmseg::_base_/datasets/pascal_voc12.py',
     'mmseg::_base_/default_runtime.py',
 ]
-custom_imports = dict(imports=['mmseg_hosvd'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmseg_hosvd.engine'], allow_failed_imports=False)
 
 crop_size = (64, 64)
 data_root = 'data/tiny_voc'

@@ -3,8 +3,9 @@
 Each computes the exact ``F.conv2d`` in forward and saves only what its
 backward needs instead of the input:
 
-* :class:`_LowRankConv2dFunction`: the weight and the HOSVD/SVD/ASI
-  factors; grad_weight from the factors (:mod:`.weight_grad`);
+* :class:`_LowRankConv2dFunction`: the weight and what the decomposition
+  kept (Tucker or SVD factors, or the whole input where no factorisation
+  is smaller); grad_weight from them (:mod:`.conv_gradients`);
 * :class:`_NonFiniteConv2dFunction`: the weight only (a non-finite input
   skipped by ``non_finite='skip'``); grad_weight is NaN;
 * :class:`_GradientFilterConv2dFunction`: the patch-summed input and the
@@ -12,11 +13,12 @@ backward needs instead of the input:
 * :class:`_ShapeOnlyPad`: explicit non-zero padding that saves no tensor.
 
 grad_input and grad_bias are exact except for the Gradient Filter's
-grad_input. The class names show in autograd graphs as
-``<name>Backward`` (:data:`COMPRESSED_BACKWARD_NODES`).
+grad_input. Half-precision saved tensors are used in float32. The class
+names show in autograd graphs as ``<name>Backward``
+(:data:`COMPRESSED_BACKWARD_NODES`).
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,26 +26,31 @@ from torch import Tensor
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-from .backward import nan_weight_grad, saved_weight_grads
-from .decomposition import SVDFactors, TuckerFactors
+from ..decomposition import SVDFactors, TuckerFactors, WholeInput
+from .conv_gradients import (ConvGeometry, conv_input_grad,
+                             conv_weight_grad, hosvd_weight_grad,
+                             svd_weight_grad)
 from .gradient_filter import (filter_grad_output, filtered_input_grad,
                               filtered_weight_grad)
-from .linear_functions import LINEAR_BACKWARD_NODES
-from .methods import ASI
-from .weight_grad import (ConvGeometry, conv_input_grad, hosvd_weight_grad,
-                          svd_weight_grad)
+from .linear_autograd import LINEAR_BACKWARD_NODES
+from .saved_weight_grads import (gradient_dtype, nan_weight_grad,
+                                 saved_weight_grads, upcast)
+
+#: what a low-rank Function may save of the input
+Factors = Union[TuckerFactors, SVDFactors, WholeInput]
 
 
 @dataclass(frozen=True)
 class LowRankSpec:
-    method: str
+    """What :class:`_LowRankConv2dFunction` needs besides the tensors."""
+    factors_type: Type
     geometry: ConvGeometry
     input_shape: Tuple[int, ...]
     weight_grad_path: str
 
 
 class _LowRankConv2dFunction(Function):
-    """Exact conv; saves the weight and HOSVD/SVD factors of the input."""
+    """Exact conv; saves the weight and the factors of the input."""
 
     @staticmethod
     def forward(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -64,22 +71,26 @@ class _LowRankConv2dFunction(Function):
             ctx, grad_output, weight,
             lambda grad, weight: conv_input_grad(grad, spec.input_shape,
                                                  weight, spec.geometry),
-            lambda grad, weight: _low_rank_weight_grad(
+            lambda grad, weight: factors_weight_grad(
                 spec, factor_tensors, grad, weight.shape), conv_bias_grad)
         return grads + (None, ) * (1 + len(factor_tensors))
 
 
-def _low_rank_weight_grad(spec: LowRankSpec, factor_tensors: Sequence[Tensor],
-                          grad_output: Tensor,
-                          weight_shape: Sequence[int]) -> Tensor:
-    if spec.method in ('hosvd', ASI):
-        core, *factors = factor_tensors
-        tucker = TuckerFactors(core=core, factors=tuple(factors))
-        return hosvd_weight_grad(tucker, grad_output, weight_shape,
+def factors_weight_grad(spec: LowRankSpec, factor_tensors: Sequence[Tensor],
+                        grad_output: Tensor,
+                        weight_shape: Sequence[int]) -> Tensor:
+    """grad_weight from the saved factors (float32 for half types)."""
+    factors = spec.factors_type.from_tensors(upcast(factor_tensors),
+                                             spec.input_shape)
+    if isinstance(factors, TuckerFactors):
+        return hosvd_weight_grad(factors, grad_output, weight_shape,
                                  spec.geometry, spec.weight_grad_path)
-    left, right = factor_tensors
-    svd = SVDFactors(left=left, right=right, shape=spec.input_shape)
-    return svd_weight_grad(svd, grad_output, weight_shape, spec.geometry)
+    if isinstance(factors, SVDFactors):
+        return svd_weight_grad(factors, grad_output, weight_shape,
+                               spec.geometry)
+    return conv_weight_grad(factors.tensor,
+                            grad_output.to(factors.tensor.dtype),
+                            weight_shape, spec.geometry)
 
 
 class _NonFiniteConv2dFunction(Function):
@@ -143,7 +154,7 @@ class _GradientFilterConv2dFunction(Function):
         spec: GradientFilterSpec = ctx.spec
         geometry = spec.geometry
         input_sum, saved_weight = ctx.saved_tensors
-        compute_dtype = _gradient_dtype(grad_output.dtype)
+        compute_dtype = gradient_dtype(grad_output.dtype)
         grad_mean = filter_grad_output(grad_output.to(compute_dtype),
                                        spec.radius)
         grad_input = grad_weight = grad_bias = None
@@ -160,11 +171,6 @@ class _GradientFilterConv2dFunction(Function):
             grad_bias = conv_bias_grad(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None
 
-
-def _gradient_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half types (accuracy), otherwise ``dtype``."""
-    return torch.float32 if dtype in (torch.float16,
-                                      torch.bfloat16) else dtype
 
 class _ShapeOnlyPad(Function):
     """``F.pad`` (reflect/replicate/circular) that saves no tensor.
@@ -195,7 +201,7 @@ class _ShapeOnlyPad(Function):
 #: autograd node name -> index in ``saved_tensors`` of the weight-derived
 #: tensor it saves (the other saved tensors are the compressed activation):
 #: lets a memory meter tell the compressed activation from the weight; the
-#: compressed linear's nodes come from :mod:`.linear_functions`
+#: compressed linear's nodes come from :mod:`.linear_autograd`
 COMPRESSED_BACKWARD_NODES: Dict[str, int] = {
     f'{_LowRankConv2dFunction.__name__}Backward': 0,
     f'{_GradientFilterConv2dFunction.__name__}Backward': 1,

@@ -24,7 +24,7 @@ inputs), also under autocast.
 * Random starts come from a :class:`torch.Generator` seeded per layer: the
   global RNG is never touched.
 
-A non-finite input does not raise (unlike :func:`~.decomposition.hosvd`,
+A non-finite input does not raise (unlike :func:`~.tucker.hosvd`,
 which needs a host sync for that): its factors are NaN, so its weight
 gradient is, as with ``nn.Conv2d``; the bases keep their previous value so
 the next finite input is decomposed normally.
@@ -37,13 +37,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .decomposition import (NUM_MODES, TuckerFactors,
-                            _as_decomposition_input, check_eps,
-                            truncated_mode_bases)
-from .eigen import single_threaded_lapack
+from .factors import TuckerFactors
+from .tucker import truncated_mode_bases
+from .rank_budget import DEFAULT_EPS_GRID, MIB, allocate_hosvd_ranks
+from .rank_rule import (NUM_MODES, as_decomposition_input, check_eps)
 from .unfolding import mode_gram, mode_product, multi_mode_product
-from .accounting import MIB
-from .rank_budget import DEFAULT_EPS_GRID, allocate_hosvd_ranks
 
 #: how the bases of a layer start on its first step
 INITS = ('random', 'hosvd')
@@ -58,17 +56,14 @@ def random_orthonormal(rows: int, cols: int, generator: torch.Generator,
     """``(rows, cols)`` with orthonormal columns from ``generator`` (on the
     CPU; the result is moved to ``device``)."""
     sample = torch.randn(rows, cols, generator=generator, dtype=dtype)
-    with single_threaded_lapack(sample.device):
-        basis = torch.linalg.qr(sample).Q
+    basis = torch.linalg.qr(sample).Q
     return basis.to(device) if device is not None else basis
 
 
 def orthonormalize(matrix: Tensor) -> Tensor:
     """Orthonormal basis ``(n, k)`` of the columns of ``matrix`` (reduced
-    Householder QR: orthonormal even for rank-deficient input; on one CPU
-    thread, see :func:`~.decomposition.single_threaded_lapack`)."""
-    with single_threaded_lapack(matrix.device):
-        return torch.linalg.qr(matrix).Q
+    Householder QR: orthonormal even for rank-deficient input)."""
+    return torch.linalg.qr(matrix).Q
 
 
 def mode_cross(x: Tensor, y: Tensor, mode: int) -> Tensor:
@@ -125,7 +120,7 @@ def subspace_iteration_step(x: Tensor,
         basis is not finite (non-finite input) the old one is returned in its
         place, without a host synchronisation.
     """
-    data = _as_decomposition_input(x)
+    data = as_decomposition_input(x)
     if len(bases) != NUM_MODES:
         raise ValueError(f'expected {NUM_MODES} bases, got {len(bases)}')
     new_bases = []
@@ -249,7 +244,7 @@ class SubspaceTracker:
         return factors
 
     def _first_step(self, name: str, x: Tensor, eps: float) -> TuckerFactors:
-        data = _as_decomposition_input(x)
+        data = as_decomposition_input(x)
         eigenvalues, ranks, bases = truncated_mode_bases(data, eps)
         layer = LayerSubspace(ranks=tuple(ranks))
         if self.budget_mib is not None:

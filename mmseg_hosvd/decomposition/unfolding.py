@@ -134,11 +134,11 @@ def float64_mode_gram(x: Tensor, mode: int, dual: bool = False) -> Tensor:
     return gram
 
 
-def uses_dual_gram(shape: Sequence[int], mode: int, eps: float) -> bool:
+def uses_dual_gram(shape: Sequence[int], mode: int) -> bool:
     """Whether mode ``mode`` is larger than the product of the others (e.g.
-    2560 channels at 8x8 in UPerNet's PSP bottleneck, batch 8): its
-    eigenvectors then come from the smaller *dual* Gram ``X^T X`` (same
-    non-zero eigenvalues). Not for ``eps == 1``, which keeps the whole
-    mode (more vectors than the dual has)."""
+    2560 channels at 8x8 in UPerNet's PSP bottleneck, batch 8, or the rows
+    of an ``(M, C)`` linear input): its unfolding's rank is at most that
+    product, and its eigenvectors come from the smaller *dual* Gram ``X^T
+    X`` (same non-zero eigenvalues), at every eps."""
     size = shape[mode]
-    return eps < 1.0 and math.prod(shape) < size * size
+    return math.prod(shape) < size * size

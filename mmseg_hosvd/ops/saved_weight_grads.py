@@ -1,6 +1,6 @@
 """The backward shared by the autograd Functions that save the weight.
 
-Layer 2 under :mod:`.functions` and :mod:`.linear_functions`: a Function
+Layer 2 under :mod:`.conv_autograd` and :mod:`.linear_autograd`: a Function
 whose forward takes ``(input, weight, bias, ...)``, sets ``ctx.has_bias``
 and saves the weight (instead of the input) computes its three gradients
 with :func:`saved_weight_grads`; grad_input and grad_bias are exact,
@@ -37,3 +37,15 @@ def nan_weight_grad(grad_output: Tensor, weight: Tensor) -> Tensor:
     """grad_weight of a non-finite input that was not kept: NaN, the
     weight's shape and dtype (an optimizer guard then skips the step)."""
     return torch.full_like(weight, float('nan'))
+
+
+def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype gradients are computed in from tensors of ``dtype``:
+    float32 for half types (accuracy), otherwise ``dtype``."""
+    return torch.float32 if dtype in (torch.float16,
+                                      torch.bfloat16) else dtype
+
+
+def upcast(tensors):
+    """``tensors`` in :func:`gradient_dtype` (float32 for half types)."""
+    return [tensor.to(gradient_dtype(tensor.dtype)) for tensor in tensors]

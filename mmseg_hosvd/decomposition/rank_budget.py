@@ -27,8 +27,11 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .decomposition import (explained_variance_rank, hosvd_paper_elements)
+from .factors import hosvd_paper_elements
+from .rank_rule import explained_variance_rank
 
+#: bytes in one MiB (the paper's "MB" is 2**20 bytes)
+MIB = 2**20
 #: eps grid of the HOSVD rank options (1.0 keeps every mode whole)
 DEFAULT_EPS_GRID = tuple(
     [round(0.05 * i, 2) for i in range(1, 19)] +

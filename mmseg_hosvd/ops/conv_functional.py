@@ -1,27 +1,26 @@
 """The functional compressed convolution, :func:`compressed_conv2d`.
 
 ``F.conv2d`` whose saved input is compressed: the input is decomposed (or
-filtered) here, and the autograd Functions of :mod:`.functions` save the
-result. :class:`~.conv.CompressedConv2d` builds on :func:`low_rank_conv2d`
-and :func:`non_finite_conv2d` to share factors between convs.
+filtered) here, and the autograd Functions of :mod:`.conv_autograd` save
+the result; the method's :class:`~.methods.MethodSpec` picks the Function.
+:class:`~.conv.CompressedConv2d` builds on :func:`low_rank_conv2d` and
+:func:`non_finite_conv2d` to share factors between convs.
 """
-from typing import Callable, Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .accounting import (CompressionStats, factor_stats, non_finite_flag,
                          non_finite_stats, storage_bytes, storage_keys)
-from .decomposition import SVDFactors, TuckerFactors, hosvd, truncated_svd
-from .functions import (GradientFilterSpec, LowRankSpec,
-                        _GradientFilterConv2dFunction, _LowRankConv2dFunction,
-                        _NonFiniteConv2dFunction)
+from .conv_autograd import (GradientFilterSpec, LowRankSpec,
+                            _GradientFilterConv2dFunction,
+                            _LowRankConv2dFunction, _NonFiniteConv2dFunction)
+from .conv_gradients import ConvGeometry
 from .gradient_filter import check_radius, filter_input, keeps_exact_weight
-from .methods import (ASI, LOW_RANK_METHODS, METHODS, check_method,
-                      check_non_finite)
-from .weight_grad import ConvGeometry
-
-Factors = Union[TuckerFactors, SVDFactors]
+from .input_factors import (Factors, autocast_arguments, decompose,
+                            kept_ranks)
+from .methods import COMPRESSING_METHODS, check_non_finite, method_spec
 
 
 def compressed_conv2d(input: Tensor,
@@ -43,14 +42,16 @@ def compressed_conv2d(input: Tensor,
         input: ``(B, C, H, W)``; never saved for backward.
         weight: ``(Cout, C/groups, kh, kw)``; saved (for grad_input).
         geometry: stride, symmetric padding, dilation, groups.
-        method: one of :data:`METHODS`, or ``'asi'`` with ``factors``.
+        method: one of :data:`~.methods.METHODS`, or a stateful method
+            (``'asi'``) with ``factors``.
         eps: HOSVD/SVD explained-energy fraction in (0, 1].
         radius: Gradient Filter patch radius (int >= 1).
         name: layer name used in error messages.
         weight_grad_path: HOSVD/ASI only, see :data:`WEIGHT_GRAD_PATHS`.
         factors: low-rank methods only: factors of ``input`` computed
             beforehand (Tucker for hosvd/asi, SVD for svd), saved instead
-            of decomposing ``input`` here.
+            of decomposing ``input`` here (or :class:`~mmseg_hosvd.
+            decomposition.WholeInput`).
         non_finite: one of :data:`NON_FINITE_MODES`: what HOSVD/SVD do
             with a NaN/Inf input (raise, or keep nothing and give a NaN
             grad_weight).
@@ -62,46 +63,25 @@ def compressed_conv2d(input: Tensor,
         FloatingPointError: HOSVD/SVD input with NaN/Inf (names ``name``),
             unless ``non_finite='skip'``.
     """
-    check_method(method, METHODS + (ASI, ))
+    spec = method_spec(method, COMPRESSING_METHODS)
     check_non_finite(non_finite)
-    if method == ASI and factors is None:
-        raise ValueError("method='asi' keeps per-layer state: use "
+    if spec.stateful and factors is None:
+        raise ValueError(f'method={method!r} keeps per-layer state: use '
                          'CompressedConv2d, or pass its factors')
-    if factors is not None and method not in LOW_RANK_METHODS:
-        raise ValueError(f'factors are for {LOW_RANK_METHODS}, not '
+    if factors is not None and not spec.low_rank:
+        raise ValueError(f'factors are for the low-rank methods, not '
                          f'method={method!r}')
     if input.dim() != 4:
         raise ValueError(f'expected a 4-D (B, C, H, W) input, got shape '
                          f'{tuple(input.shape)}')
     input, weight, bias = autocast_arguments(input, weight, bias)
     with torch.autocast(input.device.type, enabled=False):
-        if method == 'gradient_filter':
+        if spec.decomposition == 'patch_sum':
             return gradient_filter_conv2d(input, weight, bias, geometry,
                                            check_radius(radius))
         return low_rank_conv2d(input, weight, bias, geometry, method, eps,
                                 name, weight_grad_path, factors,
                                 non_finite=non_finite)
-
-
-def autocast_arguments(
-        input: Tensor, weight: Tensor, bias: Optional[Tensor]
-) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Cast as autocast would cast ``F.conv2d``'s arguments (differentiably).
-
-    Inside the autograd Functions autocast is then disabled, so forward and
-    backward see one dtype.
-    """
-    device_type = input.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return input, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-
-    def cast(tensor: Optional[Tensor]) -> Optional[Tensor]:
-        if tensor is None or tensor.dtype == torch.float64:
-            return tensor  # autocast leaves float64 alone
-        return tensor.to(dtype)
-
-    return cast(input), cast(weight), cast(bias)
 
 
 def low_rank_conv2d(input: Tensor,
@@ -117,7 +97,8 @@ def low_rank_conv2d(input: Tensor,
                     non_finite: str = 'raise'
                     ) -> Tuple[Tensor, CompressionStats]:
     """HOSVD/SVD/ASI conv of ``input`` ``(B, C, H, W)``: saves
-    ``factors`` (decomposed here when None) instead of the input."""
+    ``factors`` (decomposed here when None, :func:`~.input_factors.
+    decompose`) instead of the input."""
     if factors is None:
         factors = decompose(method, input.detach(), eps, name, non_finite)
         if factors is None:
@@ -126,30 +107,11 @@ def low_rank_conv2d(input: Tensor,
     if tuple(factors.shape) != input_shape:
         raise ValueError(f'factors of shape {tuple(factors.shape)} for an '
                          f'input of shape {input_shape}')
-    spec = LowRankSpec(method, geometry, input_shape, weight_grad_path)
+    spec = LowRankSpec(type(factors), geometry, input_shape, weight_grad_path)
     output = _LowRankConv2dFunction.apply(input, weight, bias, spec,
                                           *factors.tensors())
-    ranks = factors.ranks if isinstance(factors, TuckerFactors) else (
-        factors.rank, )
-    return output, factor_stats(method, input_shape, factors, ranks, reused)
-
-
-def decompose(method: str, activation: Tensor, eps: float, name: str,
-              non_finite: str = 'raise', *, layer: str = 'CompressedConv2d',
-              factorize: Optional[Callable[[Tensor, float], Factors]] = None
-              ) -> Optional[Factors]:
-    """HOSVD/SVD factors (or ``factorize(activation, eps)``); None for a
-    NaN/Inf input with ``non_finite='skip'`` (FloatingPointError naming
-    ``layer`` ``name`` with ``'raise'``)."""
-    if factorize is None:
-        factorize = hosvd if method == 'hosvd' else truncated_svd
-    try:
-        return factorize(activation, eps)
-    except FloatingPointError as error:
-        if non_finite == 'skip':
-            return None
-        raise FloatingPointError(
-            f'{layer} {name!r} (method={method!r}): {error}') from error
+    return output, factor_stats(method, input_shape, factors,
+                                kept_ranks(method, factors), reused)
 
 
 def gradient_filter_conv2d(input: Tensor, weight: Tensor,

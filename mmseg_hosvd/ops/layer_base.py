@@ -9,8 +9,7 @@ name the layer, and the settings text of ``extra_repr``. It adds no
 parameter, buffer or submodule (``state_dict`` keys stay those of the
 ``nn`` layer). :func:`share_parameters` hands Parameter objects over.
 """
-import functools
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,9 +17,9 @@ from torch import Tensor
 
 from .accounting import CompressionStats, vanilla_stats
 from .context import CompressionContext
-from .decomposition import check_eps, hosvd, truncated_svd
-from .functional import Factors, decompose
-from .methods import ASI, check_non_finite
+from ..decomposition import check_eps
+from .input_factors import FACTORIZERS, Factors, decompose
+from .methods import check_non_finite, method_spec
 
 
 class CompressedLayerMixin:
@@ -34,12 +33,10 @@ class CompressedLayerMixin:
         _LAYER: the class name shown in error messages.
         _CACHE_TAG: prefix of the shared-input cache's configuration, so
             that layers whose factors differ in layout never share them.
-        _SVD: ``(x, eps) -> SVDFactors`` of a decomposed activation.
     """
 
     _LAYER = 'CompressedLayer'
     _CACHE_TAG: Tuple[str, ...] = ()
-    _SVD: Callable = staticmethod(truncated_svd)
 
     name: str
     last_stats: Optional[CompressionStats]
@@ -106,13 +103,17 @@ class CompressedLayerMixin:
         return factors, False
 
     def _decompose(self, activation: Tensor) -> Optional[Factors]:
-        """HOSVD/SVD/ASI factors of ``activation``, or None (non-finite,
-        ``'skip'``); FloatingPointError naming the layer with ``'raise'``."""
-        if self.method == ASI:
-            factorize = functools.partial(self.context.subspaces.decompose,
-                                          self.name)
+        """HOSVD/SVD/ASI factors of ``activation`` (or the activation itself
+        where they would be larger), or None (non-finite, ``'skip'``);
+        FloatingPointError naming the layer with ``'raise'``."""
+        spec = method_spec(self.method)
+        if spec.stateful:
+            tracker, name = self.context.subspaces, self.name
+
+            def factorize(activation, eps, max_elements):
+                return tracker.decompose(name, activation, eps)
         else:
-            factorize = hosvd if self.method == 'hosvd' else self._SVD
+            factorize = FACTORIZERS[spec.decomposition]
         return decompose(self.method, activation, self.eps, self.name,
                          self.non_finite, layer=self._LAYER,
                          factorize=factorize)

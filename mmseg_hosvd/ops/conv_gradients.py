@@ -1,6 +1,6 @@
 """Convolution gradients, exact and from compressed activations.
 
-Layer 2 maths used by the autograd Functions (:mod:`.functions`): the
+Layer 2 maths used by the autograd Functions (:mod:`.conv_autograd`): the
 exact grad_input / grad_weight of ``F.conv2d`` for given shapes (torch's
 :func:`torch.nn.grad.conv2d_input` / :func:`torch.nn.grad.conv2d_weight`),
 and grad_weight from Tucker (HOSVD/ASI) or SVD factors of the input,
@@ -13,9 +13,9 @@ import torch
 import torch.nn.grad
 from torch import Tensor
 
-from .decomposition import SVDFactors, TuckerFactors
-from .unfolding import (cheapest_mode_order, mode_chain_flops,
-                        multi_mode_product)
+from ..decomposition import SVDFactors, TuckerFactors
+from ..decomposition.unfolding import (cheapest_mode_order, mode_chain_flops,
+                                       multi_mode_product)
 from .methods import check_weight_grad_path
 
 Pair = Tuple[int, int]
