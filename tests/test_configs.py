@@ -23,7 +23,7 @@ from conftest import CONFIGS, REPO
 from leaf_configs import (METHODS, SETUPS, check_hook_settings,
                           check_sgd_and_hooks, leaf_config_path, load)
 from mmseg_hosvd import surgery
-from mmseg_hosvd.surgery import expand_conv_paths
+from mmseg_hosvd.surgery import expand_layer_paths
 
 URL_ROOT = 'https://download.openmmlab.com/mmsegmentation/v0.5/'
 
@@ -185,7 +185,7 @@ def build(model, setup):
 
 def expand(model, path):
     """The nn.Conv2d paths a compressed-layer path stands for."""
-    return list(expand_conv_paths(model, path))
+    return list(expand_layer_paths(model, path))
 
 
 def apply_freeze(model, freeze):

@@ -21,7 +21,7 @@ from .hooks import ProgressBarHook, StepProbeHook
 from .memory_row import MemoryRow, per_round_ratios
 from .probe import StepMeasurement, StepProbe, SyncTimer
 from .step import (CPUBFloat16OptimWrapper, TrainingStep,
-                   amp_optim_wrapper_cfg, plugin_hooks, quiet_logger)
+                   amp_optim_wrapper_cfg, compression_configs, quiet_logger)
 
 __all__ = [
     'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',
@@ -30,5 +30,5 @@ __all__ = [
     'MemoryRow', 'per_round_ratios',
     'StepProbeHook', 'StepMeasurement',
     'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper', 'TrainingStep',
-    'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
+    'amp_optim_wrapper_cfg', 'compression_configs', 'quiet_logger'
 ]
