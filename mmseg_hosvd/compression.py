@@ -207,6 +207,7 @@ class AppliedCompression:
     norms: List[nn.Module] = field(default_factory=list)
     requires_grad: Dict[str, bool] = field(default_factory=dict)
     lean_loss_installed: bool = False
+    originals: Dict[str, nn.Module] = field(default_factory=dict)
 
     def set_norm_eval(self) -> None:
         """Put the BatchNorms back in eval mode (call after every
@@ -235,13 +236,17 @@ class AppliedCompression:
 
     def remove(self) -> None:
         """Revert every swap: the lean-loss class, the lean-backward
-        modules, the compressed layers (plain ``nn.Conv2d``/``nn.Linear``
-        with the same Parameters) and attention classes; restore each
-        parameter's ``requires_grad``."""
+        modules, the compressed layers (the original ``nn.Conv2d`` /
+        ``nn.Linear`` modules, which hold the same Parameters) and
+        attention classes; restore each parameter's ``requires_grad``."""
         if self.lean_loss_installed:
             remove_lean_loss(self.model)
         remove_lean_backward(self.model, self.lean)
         remove_compression(self.model)
+        for path, module in self.originals.items():
+            parent, _, name = path.rpartition('.')
+            setattr(self.model.get_submodule(parent) if parent else
+                    self.model, name, module)
         for name, param in self.model.named_parameters():
             if name in self.requires_grad:
                 param.requires_grad_(self.requires_grad[name])
@@ -299,6 +304,8 @@ def apply_compression(model: nn.Module,
     specs = resolve_layers(model, entries, config.eps, config.radius)
     check_trainable(model, specs)
     check_methods(model, specs, config.method)
+    originals = {path: model.get_submodule(path) for spec in specs
+                 for path in spec.layer_paths}
     layers = install_compression(
         model, specs, config.method, share_inputs=config.share_inputs,
         subspaces=config.subspace_tracker(),
@@ -311,4 +318,4 @@ def apply_compression(model: nn.Module,
         install_lean_loss(model)
     norms = batch_norms(model) if config.norm_eval else []
     return AppliedCompression(model, config, layers, lean, norms,
-                              requires_grad, lean_loss_installed)
+                              requires_grad, lean_loss_installed, originals)
