@@ -140,7 +140,6 @@ def expand_layer_paths(model: nn.Module, path: str,
     return _expand(get_module(model, path, key), path, key, path)
 
 
-
 def is_mha_out_proj(model: nn.Module, path: str) -> bool:
     """Whether ``path`` is the ``out_proj`` of an ``nn.MultiheadAttention``."""
     parent, _, attr = path.rpartition('.')
@@ -234,7 +233,6 @@ def last_layer_paths(execution_order: Sequence[str], num_layers: int,
                          f'attention out-projections) besides '
                          f'{CLASSIFIER_NAME}')
     return candidates[-num_layers:]
-
 
 
 def classifier_paths(model: nn.Module) -> List[str]:

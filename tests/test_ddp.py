@@ -113,3 +113,39 @@ def test_demo_ddp_all_reduces_only_trainable_gradients(tmp_path, tiny_voc,
         assert dump['step_bytes'] == [dump['trainable_bytes']] * 2, dump
         print(f"{demo}: rank {rank}: all-reduced {dump['step_bytes']} B "
               f"per step, trainable gradients {dump['trainable_bytes']} B")
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path, tiny_voc):
+    """non_finite='skip' (the demo's default): a NaN batch on rank 1 only
+    skips the first step on both ranks (one all_reduce of the flags); the
+    second step trains, and the ranks stay bit-identical."""
+    demo = 'segformer_mit-b0_10l-hosvd-eps0.8_tiny-voc-64x64.py'
+    cfg = tiny_run_cfg(Config.fromfile(osp.join(REPO, 'configs', 'demo',
+                                                demo)),
+                       str(tmp_path / 'work'), tiny_voc, max_iters=2,
+                       val=False)
+    cfg.custom_imports = dict(
+        imports=['mmseg_hosvd', 'cpu_ddp'], allow_failed_imports=False)
+    cfg.custom_hooks = list(cfg.custom_hooks) + [
+        dict(type='RankDumpHook'),
+        dict(type='RankPoisonHook', rank=1, iteration=0)
+    ]
+    cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel',
+                                 device_ids=None)
+    config = tmp_path / 'ddp_cfg.py'
+    cfg.dump(str(config))
+    _torchrun(config)
+    dumps = [
+        torch.load(tmp_path / 'work' / f'rank{r}.pth', weights_only=True)
+        for r in (0, 1)
+    ]
+    for dump in dumps:
+        assert dump['skipped_steps'] == 1 and dump['iter'] == 2
+        skipped, trained = dump['steps']
+        for name, value in dump['initial'].items():
+            assert torch.equal(skipped[name], value), name
+        assert any(not torch.equal(trained[n], v)
+                   for n, v in dump['initial'].items())
+    for step, (mine, theirs) in enumerate(zip(*(d['steps'] for d in dumps))):
+        for name, value in mine.items():
+            assert torch.equal(value, theirs[name]), f'step {step}: {name}'
