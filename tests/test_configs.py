@@ -245,7 +245,7 @@ def check_common(cfg, model_name, calibration):
 
     assert 'mmseg_hosvd' in cfg.custom_imports.imports
     assert cfg.randomness.seed == 233
-    assert cfg.model_wrapper_cfg.find_unused_parameters is True
+    assert cfg.model_wrapper_cfg.find_unused_parameters is False
     assert cfg.load_from
 
     # data: augmented VOC, 512x512 crops, batch 8
@@ -450,5 +450,6 @@ def test_hooks_build(path):
     assert 'WeightsOnlyCheckpointHook' in built
     if 'pretrain' not in osp.basename(path):
         assert 'ActivationCompressionHook' in built
-        # its non_finite='skip' (the default) needs the step guard
+        # the step guard of its non_finite (the hook registers one if a
+        # config lists none)
         assert 'NonFiniteStepGuardHook' in built
