@@ -111,11 +111,6 @@ class LayerSpec:
     radius: int
     method: Optional[str] = None
 
-    @property
-    def conv_paths(self) -> Tuple[str, ...]:
-        """Former name of :attr:`layer_paths`."""
-        return self.layer_paths
-
 
 def get_module(model: nn.Module, path: str, key: str) -> nn.Module:
     """``model.get_submodule(path)`` with an error that names the config key."""
@@ -150,10 +145,6 @@ def expand_layer_paths(model: nn.Module, path: str,
     (see the module docstring); ValueError naming the path and its type
     otherwise."""
     return _expand(get_module(model, path, key), path, key, path)
-
-
-#: former name, for convs-only callers
-expand_conv_paths = expand_layer_paths
 
 
 def is_mha_out_proj(model: nn.Module, path: str) -> bool:
@@ -249,11 +240,6 @@ def last_layer_paths(execution_order: Sequence[str], num_layers: int,
                          f'attention out-projections) besides '
                          f'{CLASSIFIER_NAME}')
     return candidates[-num_layers:]
-
-
-#: former names, for convs-only callers
-conv_execution_order = layer_execution_order
-last_conv_paths = last_layer_paths
 
 
 def classifier_paths(model: nn.Module) -> List[str]:

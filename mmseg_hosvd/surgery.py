@@ -33,9 +33,8 @@ from torch.nn.modules.activation import NonDynamicallyQuantizableLinear
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .layer_paths import (CLASSIFIER_NAME, LayerSpec,  # noqa: F401
-                          classifier_paths, conv_execution_order,
-                          expand_conv_paths, expand_layer_paths, get_module,
-                          is_mha_out_proj, last_conv_paths, last_layer_paths,
+                          classifier_paths, expand_layer_paths, get_module,
+                          is_mha_out_proj, last_layer_paths,
                           layer_execution_order, resolve_layers)
 from .ops import (LINEAR_METHODS, CompressedConv2d, CompressedLinear,
                   CompressionContext, SubspaceTracker)
@@ -248,16 +247,6 @@ def compressed_layers(model: nn.Module) -> Dict[str, CompressedLayer]:
     }
 
 
-def compressed_convs(model: nn.Module) -> Dict[str, CompressedConv2d]:
-    """The installed :class:`CompressedConv2d` s of ``model`` by path (see
-    :func:`compressed_layers` for linears too)."""
-    return {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, CompressedConv2d)
-    }
-
-
 def batch_norms(model: nn.Module) -> List[_BatchNorm]:
     """All BatchNorm layers (incl. SyncBatchNorm) of ``model``."""
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
@@ -267,10 +256,6 @@ def set_norm_eval(norms: Iterable[_BatchNorm]) -> None:
     """Put BatchNorm layers in eval mode (running statistics frozen)."""
     for norm in norms:
         norm.eval()
-
-
-def trainable_parameter_names(model: nn.Module) -> List[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
 
 
 def optional_list(value: Optional[Sequence], key: str,

@@ -200,6 +200,6 @@ def test_segformer_finetune_configs_install_on_the_camvid_model(depth):
             assert CompressedLinear in kinds
             out_proj = installed['backbone.layers.3.1.1.attn.attn.out_proj']
             assert out_proj.method == (
-                'vanilla' if tag == 'gradient-filter' else hook.method)
+                'vanilla' if tag == 'gradient-filter' else hook.config.method)
         else:
             assert kinds == {CompressedConv2d}

@@ -23,7 +23,7 @@ from conftest import CONFIGS, REPO
 from leaf_configs import (METHODS, SETUPS, check_hook_settings,
                           check_sgd_and_hooks, leaf_config_path, load)
 from mmseg_hosvd import surgery
-from mmseg_hosvd.surgery import expand_conv_paths
+from mmseg_hosvd.surgery import expand_layer_paths
 
 URL_ROOT = 'https://download.openmmlab.com/mmsegmentation/v0.5/'
 
@@ -185,7 +185,7 @@ def build(model, setup):
 
 def expand(model, path):
     """The nn.Conv2d paths a compressed-layer path stands for."""
-    return list(expand_conv_paths(model, path))
+    return list(expand_layer_paths(model, path))
 
 
 def apply_freeze(model, freeze):
@@ -245,7 +245,7 @@ def check_common(cfg, model_name, calibration):
 
     assert 'mmseg_hosvd' in cfg.custom_imports.imports
     assert cfg.randomness.seed == 233
-    assert cfg.model_wrapper_cfg.find_unused_parameters is True
+    assert cfg.model_wrapper_cfg.find_unused_parameters is False
     assert cfg.load_from
 
     # data: augmented VOC, 512x512 crops, batch 8
@@ -450,5 +450,6 @@ def test_hooks_build(path):
     assert 'WeightsOnlyCheckpointHook' in built
     if 'pretrain' not in osp.basename(path):
         assert 'ActivationCompressionHook' in built
-        # its non_finite='skip' (the default) needs the step guard
+        # the step guard of its non_finite (the hook registers one if a
+        # config lists none)
         assert 'NonFiniteStepGuardHook' in built

@@ -7,9 +7,9 @@ from mmseg.models.backbones.resnet import BasicBlock
 
 from mmseg_hosvd.ops import CompressedConv2d
 from mmseg_hosvd.surgery import (apply_freeze, batch_norms, check_trainable,
-                                 compressed_convs, conv_execution_order,
-                                 expand_conv_paths, install_compression,
-                                 last_conv_paths, remove_compression,
+                                 compressed_layers, layer_execution_order,
+                                 expand_layer_paths, install_compression,
+                                 last_layer_paths, remove_compression,
                                  resolve_layers, set_norm_eval)
 
 
@@ -38,23 +38,23 @@ class TinyNet(nn.Module):
         return self.decode_head(self.act(self.block(self.stem(x))))
 
 
-def test_expand_conv_paths():
+def test_expand_layer_paths():
     model = TinyNet()
-    assert expand_conv_paths(model, 'stem') == ('stem', )
-    assert expand_conv_paths(model, 'decode_head.bottleneck') == (
+    assert expand_layer_paths(model, 'stem') == ('stem', )
+    assert expand_layer_paths(model, 'decode_head.bottleneck') == (
         'decode_head.bottleneck.conv', )
-    assert expand_conv_paths(model, 'block') == ('block.conv1', 'block.conv2')
+    assert expand_layer_paths(model, 'block') == ('block.conv1', 'block.conv2')
     with pytest.raises(ValueError, match="'block.nope' does not exist"):
-        expand_conv_paths(model, 'block.nope')
+        expand_layer_paths(model, 'block.nope')
     with pytest.raises(ValueError, match="'act' is a ReLU, not an nn.Conv2d"):
-        expand_conv_paths(model, 'act')
+        expand_layer_paths(model, 'act')
 
 
 def test_resolve_layers_rejects_duplicates_classifier_and_bad_keys():
     model = TinyNet()
     specs = resolve_layers(
         model, ['stem', dict(path='block', eps=0.5, radius=3)], 0.9, 2)
-    assert [(s.conv_paths, s.eps, s.radius) for s in specs] == [
+    assert [(s.layer_paths, s.eps, s.radius) for s in specs] == [
         (('stem', ), 0.9, 2), (('block.conv1', 'block.conv2'), 0.5, 3)
     ]
     with pytest.raises(ValueError, match="'block.conv1'.*already listed"):
@@ -97,26 +97,26 @@ def test_install_keeps_parameters_names_and_outputs():
     for name, param in model.named_parameters():
         assert param is params_before[name]
     torch.testing.assert_close(model(x), expected)
-    assert set(compressed_convs(model)) == set(installed)
+    assert set(compressed_layers(model)) == set(installed)
     assert remove_compression(model) == 3
-    assert not compressed_convs(model)
+    assert not compressed_layers(model)
     assert model.block.conv1.weight is params_before['block.conv1.weight']
 
 
 def test_execution_order_and_last_convs():
     model = TinyNet()
-    order = conv_execution_order(model, lambda: model(torch.zeros(1, 3, 8,
+    order = layer_execution_order(model, lambda: model(torch.zeros(1, 3, 8,
                                                                    8)))
     assert order == [
         'stem', 'block.conv1', 'block.conv2', 'decode_head.bottleneck.conv',
         'decode_head.conv_seg'
     ]
-    assert last_conv_paths(order, 2) == [
+    assert last_layer_paths(order, 2) == [
         'block.conv2', 'decode_head.bottleneck.conv'
     ]
     with pytest.raises(ValueError, match='num_layers=5 but the model runs '
                        'only 4 layers'):
-        last_conv_paths(order, 5)
+        last_layer_paths(order, 5)
 
 
 def test_norm_eval():

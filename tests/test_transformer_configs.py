@@ -283,7 +283,7 @@ def test_swin_lists_lie_in_the_head():
 def check_data_and_runtime(cfg):
     assert 'mmseg_hosvd' in cfg.custom_imports.imports
     assert cfg.randomness.seed == 233
-    assert cfg.model_wrapper_cfg.find_unused_parameters is True
+    assert cfg.model_wrapper_cfg.find_unused_parameters is False
     train = cfg.train_dataloader
     assert train.batch_size == 8 and train.dataset.type == 'ConcatDataset'
     crop = [t for t in train.dataset.datasets[0].pipeline

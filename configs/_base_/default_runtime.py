@@ -14,10 +14,11 @@ vis_backends = [
 visualizer = dict(
     type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 
-# The compression hook freezes parameters in ``before_train``, i.e. after
-# the model has been wrapped by DDP, so DDP must tolerate parameters that
-# never receive a gradient (only used by distributed launches).
+# DDP (distributed launches only): the compression hook wraps the model
+# again after freezing it, so only the trainable parameters are in DDP's
+# gradient buckets and each of them gets a gradient every step; no
+# ``find_unused_parameters`` (a graph traversal per step) is needed.
 model_wrapper_cfg = dict(
-    type='MMDistributedDataParallel', find_unused_parameters=True)
+    type='MMDistributedDataParallel', find_unused_parameters=False)
 
 randomness = dict(seed=233)

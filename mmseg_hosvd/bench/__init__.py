@@ -31,7 +31,7 @@ from .probe import StepMeasurement, StepProbe, SyncTimer
 from .rows import (CHECKPOINT, DEFAULT_LEAN_BACKWARD, MEMORY_METHODS,
                    METHODS, PRESETS, BenchmarkRow, memory_rows)
 from .step import (CPUBFloat16OptimWrapper, TrainingStep,
-                   amp_optim_wrapper_cfg, plugin_hooks, quiet_logger)
+                   amp_optim_wrapper_cfg, compression_configs, quiet_logger)
 
 __all__ = [
     'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',
@@ -41,5 +41,5 @@ __all__ = [
     'fixed_batches', 'folder_batch', 'smooth_batch', 'synthetic_batches',
     'ProgressBarHook', 'MemoryRow', 'per_round_ratios', 'StepProbeHook',
     'StepMeasurement', 'StepProbe', 'SyncTimer', 'CPUBFloat16OptimWrapper',
-    'TrainingStep', 'amp_optim_wrapper_cfg', 'plugin_hooks', 'quiet_logger'
+    'TrainingStep', 'amp_optim_wrapper_cfg', 'compression_configs', 'quiet_logger'
 ]

@@ -1,15 +1,17 @@
 """One training-step path for benchmarks: what ``mim train`` runs.
 
 :class:`TrainingStep` builds, from an mmengine ``Config``, the model
-(``MODELS.build``), the plugin's hooks of the config (``HOOKS.build``, then
-their public ``install(model)``) and the optim wrapper
+(``MODELS.build``), applies the config's compression
+(:func:`mmseg_hosvd.compression.apply_compression` of the
+``ActivationCompressionHook`` entries' :class:`~mmseg_hosvd.compression.
+CompressionConfig`) and builds the optim wrapper
 (``mmengine.optim.build_optim_wrapper``: optimizer, ``clip_grad`` of any
 type and the wrapper type come from the config), and runs real
 ``model.train_step(data, optim_wrapper)`` calls.
 
 Activation checkpointing (``activation_checkpointing='block'`` or
-``'segment'``): after the hooks are installed (and have frozen what they
-freeze), the trainable modules run under ``torch.utils.checkpoint``
+``'segment'``): after the compression is applied (and has frozen what it
+freezes), the trainable modules run under ``torch.utils.checkpoint``
 (:func:`mmseg_hosvd.checkpointing.checkpoint_modules` at
 :func:`~mmseg_hosvd.checkpointing.checkpoint_paths` of that placement);
 parameter names do not change.
@@ -31,6 +33,8 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
 from ..checkpointing import PLACEMENTS, checkpoint_modules, checkpoint_paths
+from ..compression import (AppliedCompression, CompressionConfig,
+                           apply_compression)
 
 #: the optim wrapper types ``amp=True`` may replace
 PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
@@ -79,24 +83,29 @@ def amp_optim_wrapper_cfg(cfg: dict, device: torch.device) -> dict:
     return cfg
 
 
-def plugin_hooks(cfg) -> List[Any]:
-    """Build the hooks of ``cfg.default_hooks`` and ``cfg.custom_hooks``
-    that come from this package and can ``install`` themselves on a bare
-    model (e.g. ``ActivationCompressionHook``), in config order."""
-    from mmengine.registry import HOOKS
+#: the hook whose config entries :func:`compression_configs` reads
+COMPRESSION_HOOK = 'ActivationCompressionHook'
+
+
+def compression_configs(cfg) -> List[CompressionConfig]:
+    """The :class:`~mmseg_hosvd.compression.CompressionConfig` of every
+    ``ActivationCompressionHook`` entry of ``cfg.default_hooks`` and
+    ``cfg.custom_hooks``, in config order."""
     entries = list((cfg.get('default_hooks') or {}).values()) + list(
         cfg.get('custom_hooks') or [])
-    hooks = []
+    configs = []
     for entry in entries:
-        if not isinstance(entry, dict) or 'type' not in entry:
+        if not isinstance(entry, dict):
             continue
-        kind = entry['type']
-        cls = HOOKS.get(kind) if isinstance(kind, str) else kind
-        if cls is None or not cls.__module__.startswith('mmseg_hosvd'):
+        kind = entry.get('type')
+        name = kind if isinstance(kind, str) else getattr(kind, '__name__',
+                                                          None)
+        if name != COMPRESSION_HOOK:
             continue
-        if callable(getattr(cls, 'install', None)):
-            hooks.append(HOOKS.build(copy.deepcopy(entry)))
-    return hooks
+        values = {k: v for k, v in copy.deepcopy(dict(entry)).items()
+                  if k not in ('type', 'priority')}
+        configs.append(CompressionConfig.from_dict(values))
+    return configs
 
 
 class TrainingStep:
@@ -106,16 +115,19 @@ class TrainingStep:
     Args:
         model: the segmentor (not wrapped), on its device.
         optim_wrapper: mmengine optim wrapper over ``model``'s parameters.
-        hooks: plugin hooks already installed on ``model``.
-        installed: the convs the hooks installed, by path.
+        compressions: what :func:`~mmseg_hosvd.compression.
+            apply_compression` applied to ``model``.
     """
 
     def __init__(self, model: nn.Module, optim_wrapper: OptimWrapper,
-                 hooks: Sequence[Any], installed: Dict[str, nn.Module]):
+                 compressions: Sequence[AppliedCompression]):
         self.model = model
         self.optim_wrapper = optim_wrapper
-        self.hooks = list(hooks)
-        self.installed = dict(installed)
+        self.compressions = list(compressions)
+        #: the installed layers of every compression, by path
+        self.installed: Dict[str, nn.Module] = {
+            path: layer for applied in self.compressions
+            for path, layer in applied.layers.items()}
 
     @classmethod
     def from_config(cls,
@@ -175,12 +187,8 @@ class TrainingStep:
                                 strict=strict, logger='current',
                                 revise_keys=REVISE_KEYS)
         model = model.to(device)
-        hooks, installed = [], {}
-        for hook in plugin_hooks(cfg):
-            result = hook.install(model)
-            if isinstance(result, dict):
-                installed.update(result)
-            hooks.append(hook)
+        compressions = [apply_compression(model, config)
+                        for config in compression_configs(cfg)]
         if activation_checkpointing is not None:
             checkpoint_modules(
                 model, checkpoint_paths(model, activation_checkpointing))
@@ -188,16 +196,15 @@ class TrainingStep:
         if amp:
             wrapper_cfg = amp_optim_wrapper_cfg(wrapper_cfg, device)
         optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
-        return cls(model, optim_wrapper, hooks, installed)
+        return cls(model, optim_wrapper, compressions)
 
     # -- the step --------------------------------------------------------
     def prepare(self) -> None:
         """What the train loop does before each iteration: ``train()``
-        mode, then the hooks' BN layers back to eval (``set_norm_eval``)."""
+        mode, then the BN layers back to eval (``set_norm_eval``)."""
         self.model.train()
-        for hook in self.hooks:
-            if callable(getattr(hook, 'set_norm_eval', None)):
-                hook.set_norm_eval()
+        for applied in self.compressions:
+            applied.set_norm_eval()
 
     def run(self, data: dict) -> Dict[str, torch.Tensor]:
         """One real ``model.train_step(data, optim_wrapper)``: data

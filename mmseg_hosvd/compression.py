@@ -1,0 +1,321 @@
+"""The compression API: one validated config, one call that applies it to a
+model, one object that reverts it (model surgery; no runner, no hook).
+
+>>> config = CompressionConfig(method='hosvd', eps=0.8,
+...                            layers=['decode_head.conv_cat'])
+>>> applied = apply_compression(model, config)   # doctest: +SKIP
+>>> applied.layers        # path -> CompressedConv2d / CompressedLinear
+>>> applied.set_norm_eval()   # after every model.train()
+>>> applied.remove()      # plain nn.Conv2d / nn.Linear again, same Parameters
+
+:func:`apply_compression` freezes the model (``freeze`` or ``num_layers``),
+installs the compressed layers and the ``asi`` tracker
+(:func:`~mmseg_hosvd.surgery.install_compression`), the lean-backward
+modules (:func:`~mmseg_hosvd.lean_backward.install_lean_backward`) and,
+with ``lean_loss``, the lean-loss segmentor class
+(:func:`~mmseg_hosvd.lean_loss.install_lean_loss`). Every replacement
+keeps the Parameter objects and ``state_dict`` keys, so an optimizer built
+before, a DDP wrapper built after, and checkpoints are unaffected.
+:class:`~mmseg_hosvd.engine.ActivationCompressionHook` is the mmengine
+adapter of this module.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from mmseg.models.segmentors import EncoderDecoder
+
+from .lean_backward import (LeanBackward, check_lean_backward,
+                            install_lean_backward, remove_lean_backward)
+from .lean_loss import install_lean_loss, remove_lean_loss
+from .ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
+                  SubspaceTracker, check_eps)
+from .ops.gradient_filter import check_radius
+from .surgery import (CompressedLayer, apply_freeze, batch_norms,
+                      check_methods, check_trainable, classifier_paths,
+                      compression_state_dict, freeze_all_but,
+                      install_compression, last_layer_paths,
+                      layer_execution_order, load_compression_state_dict,
+                      optional_list, remove_compression, resolve_layers,
+                      set_norm_eval)
+
+LayerEntry = Union[str, dict]
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """Every choice of a compressed fine-tuning run, validated once.
+
+    Args:
+        method: ``'vanilla'`` (freezing only; the listed layers are counted,
+            not compressed), ``'gradient_filter'``, ``'svd'``, ``'hosvd'``
+            or ``'asi'`` (fixed ranks, one warm-started subspace-iteration
+            step per training step).
+        eps: explained-variance threshold in (0, 1] for ``svd``/``hosvd``;
+            for ``asi`` the rank rule of each layer's first step.
+        radius: Gradient Filter patch size (>= 1).
+        layers: module paths to compress: an ``nn.Conv2d``, an
+            ``nn.Linear`` or a block standing for its layers (see
+            :mod:`mmseg_hosvd.layer_paths`); an entry may be ``dict(path=,
+            eps=, radius=, method=)`` overriding those for its layers.
+        num_layers: instead of ``layers`` and ``freeze``: train and compress
+            the ``num_layers`` layers nearest the loss in forward order
+            (traced once); everything else is frozen except ``conv_seg``.
+        freeze: module paths frozen in order; ``'~path'`` unfreezes.
+        norm_eval: keep every BatchNorm in eval mode while training.
+        trace_size: (H, W) of the dummy input traced for ``num_layers``.
+        budget_mib: ``asi`` only: total MiB of fp32 factors and cores to
+            allocate the ranks under (knapsack), instead of ``eps``.
+        seed: ``asi`` only: seed of the random starting bases.
+        init: ``asi`` only: ``'random'`` or ``'hosvd'`` starting bases.
+        share_inputs: decompose an input read by several layers once.
+        non_finite: what a step with a NaN/Inf input, loss or gradient
+            does: ``'raise'`` stops before the optimizer step, naming the
+            iteration, the rank and the first non-finite tensor; ``'skip'``
+            skips that optimizer step on every rank. Enforced by
+            :class:`~mmseg_hosvd.engine.NonFiniteStepGuardHook`, which
+            :class:`~mmseg_hosvd.engine.ActivationCompressionHook` installs
+            itself; without a runner, ``'raise'`` makes HOSVD/SVD/ASI layers
+            raise on a non-finite input and ``'skip'`` gives their weight a
+            NaN gradient (the caller must guard its optimizer).
+        lean_backward: ``'exact'`` (default), ``'all'`` or ``'off'`` (see
+            :mod:`mmseg_hosvd.lean_backward`); folding needs ``norm_eval``.
+        lean_loss: the heads' resize + cross-entropy without
+            full-resolution tensors (:mod:`mmseg_hosvd.lean_loss`).
+
+    Raises:
+        ValueError: naming the key and the bad value; also when the config
+            compresses nothing (no ``layers``, no ``num_layers``), unless
+            ``method='vanilla'`` with a ``freeze`` list (a freezing-only
+            run).
+    """
+    method: str = 'hosvd'
+    eps: float = 0.8
+    radius: int = 2
+    layers: Tuple[LayerEntry, ...] = ()
+    num_layers: Optional[int] = None
+    freeze: Tuple[str, ...] = ()
+    norm_eval: bool = True
+    trace_size: Tuple[int, int] = (64, 64)
+    budget_mib: Optional[float] = None
+    seed: int = 0
+    init: str = 'random'
+    share_inputs: bool = True
+    non_finite: str = 'skip'
+    lean_backward: str = 'exact'
+    lean_loss: bool = False
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
+        """Build from a config dict (``None`` lists allowed); ValueError
+        naming unknown keys."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f'unknown compression key(s) {unknown}; '
+                             f'allowed: {", ".join(names)}')
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        check_lean_backward(self.lean_backward)
+        if not isinstance(self.lean_loss, bool):
+            raise ValueError(
+                f'lean_loss: expected True or False, got {self.lean_loss!r}')
+        if self.non_finite not in NON_FINITE_MODES:
+            raise ValueError(f'non_finite: expected one of '
+                             f'{NON_FINITE_MODES}, got {self.non_finite!r}')
+        if self.method not in MODULE_METHODS:
+            raise ValueError(f'method: unknown method {self.method!r}; '
+                             f'expected one of {MODULE_METHODS}')
+        if self.budget_mib is not None and self.method != ASI:
+            raise ValueError(f'budget_mib is for method={ASI!r}, got '
+                             f'method={self.method!r}')
+        self.subspace_tracker()  # validates budget_mib, seed and init
+        check_eps(self.eps)
+        check_radius(self.radius)
+        self._set('layers', tuple(optional_list(self.layers, 'layers',
+                                                (str, dict))))
+        self._set('freeze', tuple(optional_list(self.freeze, 'freeze',
+                                                (str, ))))
+        self._set('trace_size', tuple(self.trace_size))
+        self._check_layer_entries()
+        self._check_num_layers()
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # normalising a frozen field
+
+    def _check_layer_entries(self) -> None:
+        for index, entry in enumerate(self.layers):
+            if not isinstance(entry, dict):
+                continue
+            if entry.get('method', self.method) not in MODULE_METHODS:
+                raise ValueError(f'layers[{index}]: unknown method '
+                                 f"{entry['method']!r}; expected one of "
+                                 f'{MODULE_METHODS}')
+            try:
+                if 'eps' in entry:
+                    check_eps(entry['eps'])
+                if 'radius' in entry:
+                    check_radius(entry['radius'])
+            except ValueError as error:
+                raise ValueError(f'layers[{index}]: {error}') from None
+
+    def _check_num_layers(self) -> None:
+        num = self.num_layers
+        if num is not None:
+            if self.layers:
+                raise ValueError('layers and num_layers are exclusive: give '
+                                 'explicit layers or num_layers, not both')
+            if self.freeze:
+                raise ValueError('freeze and num_layers are exclusive: '
+                                 'num_layers freezes all but the last layers')
+            if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+                raise ValueError(
+                    f'num_layers: expected an int >= 1, got {num!r}')
+        elif not self.layers and not (self.method == VANILLA
+                                      and self.freeze):
+            raise ValueError(
+                f'layers / num_layers: method={self.method!r} has nothing '
+                'to compress (no layers and no num_layers, or layers=[]); '
+                'list the module paths in layers=[...] or set num_layers=N'
+                " (method='vanilla' with a freeze list only freezes)")
+
+    def subspace_tracker(self) -> SubspaceTracker:
+        """A new ``asi`` state holder for this config."""
+        return SubspaceTracker(budget_mib=self.budget_mib, seed=self.seed,
+                               init=self.init)
+
+
+@dataclass
+class AppliedCompression:
+    """What :func:`apply_compression` changed in ``model``, and how to
+    undo it.
+
+    Attributes:
+        model: the (unwrapped) model.
+        config: the applied config.
+        layers: the installed layers by path.
+        lean: what ``lean_backward`` installed.
+        norms: the BatchNorms kept in eval mode (``norm_eval``).
+    """
+    model: nn.Module
+    config: CompressionConfig
+    layers: Dict[str, CompressedLayer]
+    lean: LeanBackward
+    norms: List[nn.Module] = field(default_factory=list)
+    requires_grad: Dict[str, bool] = field(default_factory=dict)
+    lean_loss_installed: bool = False
+    originals: Dict[str, nn.Module] = field(default_factory=dict)
+
+    def set_norm_eval(self) -> None:
+        """Put the BatchNorms back in eval mode (call after every
+        ``model.train()``); nothing without ``norm_eval``."""
+        set_norm_eval(self.norms)
+
+    def trainable_parameter_names(self) -> List[str]:
+        return [n for n, p in self.model.named_parameters()
+                if p.requires_grad]
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The ``asi`` state (ranks, bases): tensors only, ``{}`` if none."""
+        return compression_state_dict(self.model)
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output."""
+        load_compression_state_dict(self.model, state)
+
+    def summary(self) -> str:
+        verb = 'counted' if self.config.method == VANILLA else 'compressed'
+        return (f'method={self.config.method}, {len(self.layers)} layer(s) '
+                f'{verb}: {", ".join(self.layers)}; '
+                f'{len(self.trainable_parameter_names())} trainable '
+                f'parameter tensor(s); BN eval: {self.config.norm_eval}; '
+                f'{self.lean.summary()}; lean loss: {self.config.lean_loss}')
+
+    def remove(self) -> None:
+        """Revert every swap: the lean-loss class, the lean-backward
+        modules, the compressed layers (the original ``nn.Conv2d`` /
+        ``nn.Linear`` modules, which hold the same Parameters) and
+        attention classes; restore each parameter's ``requires_grad``."""
+        if self.lean_loss_installed:
+            remove_lean_loss(self.model)
+        remove_lean_backward(self.model, self.lean)
+        remove_compression(self.model)
+        for path, module in self.originals.items():
+            parent, _, name = path.rpartition('.')
+            setattr(self.model.get_submodule(parent) if parent else
+                    self.model, name, module)
+        for name, param in self.model.named_parameters():
+            if name in self.requires_grad:
+                param.requires_grad_(self.requires_grad[name])
+        self.layers = {}
+        self.norms = []
+
+
+def _trace_forward(model: nn.Module, size: Sequence[int]) -> None:
+    """One eval-mode, no-grad ``model(inputs, mode='tensor')`` on zeros of
+    (1, 3, H, W)."""
+    param = next(model.parameters())
+    inputs = torch.zeros(1, 3, *size, device=param.device, dtype=param.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(inputs, mode='tensor')
+    finally:
+        model.train(was_training)
+
+
+def _freeze(model: nn.Module, config: CompressionConfig) -> List[LayerEntry]:
+    """Freeze ``model`` as ``config`` says; return the layer entries."""
+    if config.num_layers is None:
+        apply_freeze(model, config.freeze)
+        return list(config.layers)
+    order = layer_execution_order(
+        model, lambda: _trace_forward(model, config.trace_size))
+    layers = last_layer_paths(order, config.num_layers)
+    freeze_all_but(model, layers + classifier_paths(model))
+    return list(layers)
+
+
+def apply_compression(model: nn.Module,
+                      config: CompressionConfig,
+                      step_guard: bool = False) -> AppliedCompression:
+    """Freeze ``model`` (unwrapped) and install everything ``config``
+    asks for (see the module docstring).
+
+    Args:
+        model: an mmseg segmentor, not wrapped by DDP.
+        config: the validated choices.
+        step_guard: an optimizer step guard
+            (:class:`~mmseg_hosvd.engine.NonFiniteStepGuardHook`) enforces
+            ``config.non_finite``: the layers then never raise, they flag a
+            non-finite input (ops mode ``'skip'``) so that the guard can
+            name the iteration, rank and first non-finite tensor.
+
+    Raises:
+        ValueError: a path that does not exist or stands for no layer, a
+            listed layer that is frozen, a method a linear does not take.
+    """
+    requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+    entries = _freeze(model, config)
+    specs = resolve_layers(model, entries, config.eps, config.radius)
+    check_trainable(model, specs)
+    check_methods(model, specs, config.method)
+    originals = {path: model.get_submodule(path) for spec in specs
+                 for path in spec.layer_paths}
+    layers = install_compression(
+        model, specs, config.method, share_inputs=config.share_inputs,
+        subspaces=config.subspace_tracker(),
+        non_finite='skip' if step_guard else config.non_finite)
+    lean = install_lean_backward(model, config.lean_backward,
+                                 fold_norms=config.norm_eval)
+    lean_loss_installed = False
+    if config.lean_loss:
+        lean_loss_installed = type(model) is EncoderDecoder
+        install_lean_loss(model)
+    norms = batch_norms(model) if config.norm_eval else []
+    return AppliedCompression(model, config, layers, lean, norms,
+                              requires_grad, lean_loss_installed, originals)
