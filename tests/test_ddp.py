@@ -26,6 +26,7 @@ def _free_port() -> int:
 ITERS = 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'method', ['vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi'])
 def test_two_process_ddp_ranks_agree(tmp_path, tiny_voc, method):
