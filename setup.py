@@ -2,8 +2,8 @@
 
 ``install_requires`` states what the plugin is compatible with, as ranges,
 so that ``pip install`` into an existing MMSegmentation environment keeps
-the user's torch and mmcv (README, "Install into an existing MMSegmentation
-environment"; lower bounds justified there). No mmcv distribution is listed:
+the user's torch and mmcv (docs/install.md, "Into an existing
+MMSegmentation environment"; lower bounds justified there). No mmcv distribution is listed:
 as with mmseg itself, the user installs the full ``mmcv`` (compiled ops, GPU)
 or ``mmcv-lite`` (CPU); ``mmseg_hosvd/compat/mmcv_version.py`` checks at
 import that one in mmseg 1.2's range is there.
@@ -45,6 +45,9 @@ setup(
     description='Activation-map compression (HOSVD, SVD, Gradient Filter) '
     'for memory-cheap fine-tuning in MMSegmentation 1.x',
     packages=find_packages(include=['mmseg_hosvd', 'mmseg_hosvd.*']),
+    # the plugin's code compiles under 3.9; the lock file
+    # requirements/cpu.txt (tools/setup_env.sh) needs 3.11, and the tested
+    # environments ran 3.11 (docs/install.md)
     python_requires='>=3.9',
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -85,6 +85,7 @@ def _one_step(tmp_path, tiny_voc, method, amp) -> GradRecorder:
     return recorder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method',
                          ['vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi'])
 def test_autocast_gradients_match_float32(tmp_path, tiny_voc, method):

@@ -113,6 +113,7 @@ def _assert_equal(after: Dict[str, torch.Tensor],
         assert torch.equal(value, before[name]), f'{what}: {name} changed'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', METHODS)
 def test_non_finite_batches_are_skipped_and_counted(tmp_path, tiny_voc,
                                                     method):
@@ -154,6 +155,7 @@ def test_non_finite_batches_are_skipped_and_counted(tmp_path, tiny_voc,
         assert 'backbone.layer4.1.conv1' in line, line
 
 
+@pytest.mark.slow
 def test_raise_names_the_layer(tmp_path, tiny_voc):
     runner = _run(tmp_path, tiny_voc, 'hosvd', PoisonHook({1: float('nan')}),
                   max_iters=2, non_finite='raise')
@@ -166,6 +168,7 @@ def test_raise_names_the_layer(tmp_path, tiny_voc):
         assert torch.isfinite(param).all(), name
 
 
+@pytest.mark.slow
 def test_all_zero_images_train(tmp_path, tiny_voc):
     zero = ZeroImages({})
     runner = _run(tmp_path, tiny_voc, 'hosvd', zero, max_iters=2)

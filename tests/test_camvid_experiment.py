@@ -52,6 +52,7 @@ def smoke_out(tmp_path_factory):
     return tmp_path_factory.mktemp('camvid') / 'out'
 
 
+@pytest.mark.slow
 def test_smoke(smoke_out, tiny_camvid, capsys):
     out = smoke_out
     summary = run(out, tiny_camvid)
@@ -117,6 +118,7 @@ def test_smoke(smoke_out, tiny_camvid, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_grad_check(smoke_out, tiny_camvid):
     """The gradient check (tools/camvid_grad_check.py) on the smoke run's
     starting checkpoint."""

@@ -52,6 +52,7 @@ def _run_with_checkpoint(tmp_path, tiny_voc, method='hosvd', max_iters=2,
     return cfg, runner, osp.join(cfg.work_dir, f'iter_{max_iters}.pth')
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_into_plain_mmseg_with_same_outputs(
         tmp_path, tiny_voc):
     cfg, runner, checkpoint = _run_with_checkpoint(tmp_path, tiny_voc)
@@ -78,6 +79,7 @@ def test_checkpoint_loads_into_plain_mmseg_with_same_outputs(
         torch.load(tmp_path / 'outputs.pt', weights_only=True), expected)
 
 
+@pytest.mark.slow
 def test_checkpoint_is_weights_only_loadable(tmp_path, tiny_voc):
     _, runner, checkpoint = _run_with_checkpoint(tmp_path, tiny_voc)
     loaded = torch.load(checkpoint, map_location='cpu', weights_only=True)
@@ -86,6 +88,7 @@ def test_checkpoint_is_weights_only_loadable(tmp_path, tiny_voc):
             } <= set(loaded)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'method', ['vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi'])
 def test_resume_reaches_the_uninterrupted_weights(tmp_path, tiny_voc,

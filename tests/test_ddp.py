@@ -43,6 +43,7 @@ def _torchrun(config, *options):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     'method', ['vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi'])
 def test_two_process_ddp_ranks_agree(tmp_path, tiny_voc, method):
@@ -83,6 +84,7 @@ def test_two_process_ddp_ranks_agree(tmp_path, tiny_voc, method):
     'segformer_mit-b0_10l-hosvd-eps0.8_tiny-voc-64x64.py',
     'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py'
 ])
+@pytest.mark.slow
 def test_demo_ddp_all_reduces_only_trainable_gradients(tmp_path, tiny_voc,
                                                        demo):
     """A demo config as shipped (no find_unused_parameters) under two-process
@@ -115,6 +117,7 @@ def test_demo_ddp_all_reduces_only_trainable_gradients(tmp_path, tiny_voc,
               f"per step, trainable gradients {dump['trainable_bytes']} B")
 
 
+@pytest.mark.slow
 def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path, tiny_voc):
     """non_finite='skip' (the demo's default): a NaN batch on rank 1 only
     skips the first step on both ranks (one all_reduce of the flags); the

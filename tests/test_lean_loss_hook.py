@@ -25,6 +25,7 @@ def trained_weights(tmp_path, tiny_voc, lean_loss: bool):
     }
 
 
+@pytest.mark.slow
 def test_lean_loss_trains_like_mmseg_loss(tmp_path, tiny_voc):
     plain, expected = trained_weights(tmp_path, tiny_voc, lean_loss=False)
     lean, weights = trained_weights(tmp_path, tiny_voc, lean_loss=True)

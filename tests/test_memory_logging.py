@@ -34,6 +34,7 @@ def demo_run(tmp_path_factory, tiny_voc):
     return work_dir
 
 
+@pytest.mark.slow
 def test_activation_memory_json(demo_run):
     with open(osp.join(demo_run, 'activation_memory.json')) as f:
         summary = json.load(f)
@@ -53,6 +54,7 @@ def test_activation_memory_json(demo_run):
         assert layer['kept_mib']['peak'] < b * c * h * w * 4 / 2**20
 
 
+@pytest.mark.slow
 def test_tensorboard_event_file_has_memory_scalars(demo_run):
     events = glob.glob(osp.join(demo_run, '*', 'vis_data', 'events.out.*'))
     assert len(events) == 1
@@ -68,6 +70,7 @@ def test_tensorboard_event_file_has_memory_scalars(demo_run):
     assert all(v.value > 0 for v in values)
 
 
+@pytest.mark.slow
 def test_text_log_shows_memory(demo_run):
     log = glob.glob(osp.join(demo_run, '*', '*.log'))[0]
     with open(log) as f:

@@ -43,6 +43,7 @@ def _flat(tree, prefix='') -> dict:
     return flat
 
 
+@pytest.mark.slow
 def test_unwritable_out_file_fails_before_training(tmp_path, tiny_voc):
     cfg = _cfg(tmp_path / 'run', tiny_voc)
     cfg.default_hooks.activation_memory.out_file = 'no_such_dir/report.json'
@@ -77,6 +78,7 @@ def test_failed_write_keeps_the_old_report(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == {'new': True}
 
 
+@pytest.mark.slow
 def test_resume_continues_the_report(tmp_path, tiny_voc):
     poison = {0: float('nan')}  # iteration 1: skipped, before the resume
     straight = Runner.from_cfg(_cfg(tmp_path / 'straight', tiny_voc, 4))
@@ -133,6 +135,7 @@ def test_merge_of_ranks_and_resume_parts():
     assert MemoryTotals.from_state(run.state()) == run
 
 
+@pytest.mark.slow
 def test_two_process_report_counts_every_rank(tmp_path, tiny_voc):
     """NaN on rank 1 only: rank 0's report still counts it."""
     cfg = _cfg(tmp_path / 'work', tiny_voc, 2)

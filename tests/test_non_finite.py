@@ -56,6 +56,7 @@ def _assert_unchanged(runner, before):
         assert torch.equal(value, before[name]), f'{name} changed'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', METHODS)
 def test_raise_on_a_nan_input_names_iteration_rank_and_layer(
         tmp_path, tiny_voc, method):
@@ -74,6 +75,7 @@ def test_raise_on_a_nan_input_names_iteration_rank_and_layer(
     assert len(poison.params) == 2  # before training, after iteration 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', METHODS)
 def test_raise_on_a_nan_loss_names_the_loss(tmp_path, tiny_voc, method):
     poison = PoisonLogitsHook({0: float('nan')})
@@ -88,6 +90,7 @@ def test_raise_on_a_nan_loss_names_the_loss(tmp_path, tiny_voc, method):
     _assert_unchanged(runner, poison.params[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', ['vanilla', 'hosvd'])
 def test_skip_without_a_guard_in_the_config(tmp_path, tiny_voc, method):
     poison = PoisonLogitsHook({1: float('nan')})

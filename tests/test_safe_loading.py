@@ -62,6 +62,7 @@ def _tiny_cfg(tmp_path, tiny_voc, max_iters: int, **kwargs):
                         val=False, **kwargs)
 
 
+@pytest.mark.slow
 def test_old_default_refuses_a_malicious_load_from(tmp_path, tiny_voc):
     marker = tmp_path / 'pwned'
     malicious = tmp_path / 'malicious.pth'
@@ -78,6 +79,7 @@ def test_old_default_refuses_a_malicious_load_from(tmp_path, tiny_voc):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_old_default_still_resumes(tmp_path, tiny_voc):
     first = _train(tmp_path, _tiny_cfg(tmp_path, tiny_voc, 2,
                                        checkpoint_interval=2), 'first')

@@ -65,6 +65,7 @@ def train_tiny(config: str, work_dir: str, data_root: str, **kwargs):
     return runner, snapshot
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('method', list(METHOD_TAGS))
 @pytest.mark.parametrize('family', list(FAMILIES))
 def test_two_iterations_and_validation(tmp_path, tiny_voc, family, method):
@@ -112,6 +113,7 @@ def test_two_iterations_and_validation(tmp_path, tiny_voc, family, method):
             for layer in summary['layers'].values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['pspnet', 'deeplabv3-m'])
 def test_five_layer_setups_train(tmp_path, tiny_voc, family):
     runner, snapshot = train_tiny(
@@ -122,6 +124,7 @@ def test_five_layer_setups_train(tmp_path, tiny_voc, family):
         n.startswith('backbone') and 'layer' in n for n in snapshot.trainable)
 
 
+@pytest.mark.slow
 def test_num_layers_traces_the_last_convs(tmp_path, tiny_voc):
     cfg = Config.fromfile(leaf_config('fcn', '5l', 'hosvd'))
     cfg.default_hooks.compression = dict(

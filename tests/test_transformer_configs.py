@@ -484,6 +484,7 @@ def test_demo_config():
     assert cfg.train_dataloader.dataset.data_root == 'data/tiny_voc'
 
 
+@pytest.mark.slow
 @needs_linear
 def test_demo_mim_train(tmp_path, tiny_voc):
     """``mim train mmsegmentation`` on the SegFormer demo (2 iterations of
@@ -512,6 +513,7 @@ def test_demo_mim_train(tmp_path, tiny_voc):
     assert 'decode_head.conv_seg.weight' in checkpoint['state_dict']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model_name,tag', [
     ('Swin', 'gradient-filter'),
     pytest.param('SegFormer', 'gradient-filter', marks=needs_linear),

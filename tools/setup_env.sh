@@ -2,12 +2,21 @@
 # Create (or update) ./.venv with the plugin and everything it needs.
 # Usage: bash tools/setup_env.sh        (from the repository root)
 # The exact set comes from the lock file requirements/cpu.txt (CPU torch,
-# mmcv-lite); the plugin's own install must then find nothing new to install.
+# mmcv-lite; Python 3.11); the plugin's own install must then find nothing
+# new to install.
+# torch first, alone (--no-deps: only torch is looked up there), with
+# PyTorch's CPU wheel index as an extra index (TORCH_INDEX): its 2.13.0+cpu
+# satisfies the lock's torch==2.13.0 and is preferred to PyPI's multi-GB
+# CUDA build. Where that index cannot be reached pip only warns (a few
+# retries) and takes torch from PyPI or a configured find-links/index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade 'pip>=23'
+"$VENV/bin/python" -m pip install -q --no-deps --extra-index-url "$TORCH_INDEX" \
+    "$(grep -E '^torch==' requirements/cpu.txt)"
 "$VENV/bin/python" -m pip install -q -r requirements/cpu.txt
 # the lock must be complete: the plugin's own install adds nothing else
 "$VENV/bin/python" -m pip install -q --dry-run --report "$VENV/plugin_report.json" -e '.[mim,tests]'
