@@ -118,6 +118,13 @@ class CompressionConfig:
                              f'allowed: {", ".join(names)}')
         return cls(**values)
 
+    @classmethod
+    def from_hook_cfg(cls, entry: Dict[str, Any]) -> 'CompressionConfig':
+        """Build from an ``ActivationCompressionHook`` config entry: its
+        keys less mmengine's ``type`` and ``priority``."""
+        return cls.from_dict({k: v for k, v in dict(entry).items()
+                              if k not in ('type', 'priority')})
+
     def __post_init__(self) -> None:
         check_lean_backward(self.lean_backward)
         if not isinstance(self.lean_loss, bool):
@@ -139,12 +146,21 @@ class CompressionConfig:
                                                 (str, dict))))
         self._set('freeze', tuple(optional_list(self.freeze, 'freeze',
                                                 (str, ))))
-        self._set('trace_size', tuple(self.trace_size))
+        self._check_trace_size()
         self._check_layer_entries()
         self._check_num_layers()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen field
+
+    def _check_trace_size(self) -> None:
+        size = self.trace_size
+        if (not isinstance(size, (tuple, list)) or len(size) != 2
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1
+                       for s in size)):
+            raise ValueError('trace_size: expected (H, W), two ints >= 1, '
+                             f'got {size!r}')
+        self._set('trace_size', tuple(size))
 
     def _check_layer_entries(self) -> None:
         for index, entry in enumerate(self.layers):

@@ -180,9 +180,10 @@ def test_segformer_finetune_configs_install_on_the_camvid_model(depth):
     layer lists, and the 10L Gradient Filter leaf keeps the attention
     out-projection uncompressed (a linear)."""
     from mmengine.config import Config
-    from mmseg.registry import HOOKS, MODELS
+    from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
 
+    from mmseg_hosvd.compression import CompressionConfig, apply_compression
     from mmseg_hosvd.ops import CompressedConv2d, CompressedLinear
     register_all_modules()
     expected = {'5l': 5, '10l': 10}[depth]
@@ -194,14 +195,14 @@ def test_segformer_finetune_configs_install_on_the_camvid_model(depth):
         assert cfg.model.backbone.drop_path_rate == 0
         assert cfg.optim_wrapper.optimizer.type == 'AdamW'
         model = MODELS.build(cfg.model)
-        hook = HOOKS.build(cfg.default_hooks.compression)
-        installed = hook.install(model)
+        config = CompressionConfig.from_hook_cfg(cfg.default_hooks.compression)
+        installed = apply_compression(model, config).layers
         assert len(installed) == expected, tag
         kinds = {type(m) for m in installed.values()}
         if depth == '10l':
             assert CompressedLinear in kinds
             out_proj = installed['backbone.layers.3.1.1.attn.attn.out_proj']
             assert out_proj.method == (
-                'vanilla' if tag == 'gradient-filter' else hook.config.method)
+                'vanilla' if tag == 'gradient-filter' else config.method)
         else:
             assert kinds == {CompressedConv2d}

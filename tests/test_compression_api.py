@@ -38,6 +38,9 @@ def test_from_dict_is_what_the_hook_builds():
      r"layers\[0\]: unknown method 'tucker'"),
     (dict(num_layers=True), 'num_layers: expected an int >= 1, got True'),
     (dict(), 'layers / num_layers'),
+    (dict(num_layers=3, trace_size=(0, 0)),
+     r'trace_size: expected \(H, W\), two ints >= 1, got \(0, 0\)'),
+    (dict(num_layers=3, trace_size=64), 'trace_size: expected'),
 ])
 def test_bad_values_name_the_key(values, message):
     with pytest.raises(ValueError, match=message):

@@ -243,7 +243,7 @@ def check_common(cfg, model_name, calibration):
     text = cfg.pretty_text
     assert 'open-mmlab://' not in text and 'mmcls://' not in text
 
-    assert 'mmseg_hosvd' in cfg.custom_imports.imports
+    assert 'mmseg_hosvd.engine' in cfg.custom_imports.imports
     assert cfg.randomness.seed == 233
     assert cfg.model_wrapper_cfg.find_unused_parameters is False
     assert cfg.load_from

@@ -14,6 +14,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from mmseg_hosvd.lean_backward import conv_norm_pairs, remove_lean_backward
 from mmseg_hosvd.ops.activation import (MaskedReLU, MaskedReLU6, pack_bits,
                                         unpack_bits)
@@ -56,15 +57,16 @@ def _batch(num_classes: int, seed: int = 0):
 
 
 def _gradients(cfg, state, method: str, eps: float, lean: str):
-    """Trainable parameters' gradients (float64), saved activation bytes."""
+    """Trainable parameters' gradients (float64), saved activation bytes,
+    what was applied and how many conv calls applied a folded BatchNorm."""
     model = MODELS.build(copy.deepcopy(cfg.model)).double()
     model.load_state_dict(state)
     hook_cfg = copy.deepcopy(cfg.default_hooks.compression)
     hook_cfg.update(method=method, eps=eps, lean_backward=lean)
-    hook = HOOKS.build(hook_cfg.to_dict())
-    hook.install(model)
+    applied = apply_compression(
+        model, CompressionConfig.from_hook_cfg(hook_cfg))
     model.train()
-    hook.set_norm_eval()
+    applied.set_norm_eval()
     folded_calls = []
     for module in model.modules():
         if getattr(module, 'folded_norm', None) is not None:
@@ -81,8 +83,7 @@ def _gradients(cfg, state, method: str, eps: float, lean: str):
     loss.backward()
     grads = {n: None if p.grad is None else p.grad.clone()
              for n, p in model.named_parameters() if p.requires_grad}
-    hook.folded_calls = sum(folded_calls)
-    return grads, saved, hook
+    return grads, saved, applied, sum(folded_calls)
 
 
 @pytest.mark.parametrize('family, method, eps, lean', [
@@ -96,12 +97,13 @@ def test_gradients_equal_with_and_without(family, method, eps, lean):
     model.init_weights()
     _randomise_norms(model, seed=1)
     state = model.state_dict()
-    reference, saved_off, _ = _gradients(cfg, state, method, eps, 'off')
-    grads, saved_on, hook = _gradients(cfg, state, method, eps, lean)
-    assert hook.lean.lean_norms and hook.lean.masked_activations
+    reference, saved_off, _, _ = _gradients(cfg, state, method, eps, 'off')
+    grads, saved_on, applied, folded_calls = _gradients(cfg, state, method,
+                                                        eps, lean)
+    assert applied.lean.lean_norms and applied.lean.masked_activations
     if family.endswith('-m') and (method == 'vanilla' or lean == 'all'):
         # the depthwise convs of layer7 (trainable BN) fold at this size
-        assert hook.folded_calls > 0
+        assert folded_calls > 0
     assert grads.keys() == reference.keys()
     for name, grad in reference.items():
         assert (grads[name] is None) == (grad is None), name
@@ -270,28 +272,28 @@ def _deeplabv3(lean: str):
     model = MODELS.build(copy.deepcopy(cfg.model))
     hook_cfg = copy.deepcopy(cfg.default_hooks.compression)
     hook_cfg.update(lean_backward=lean)
-    hook = HOOKS.build(hook_cfg.to_dict())
-    hook.install(model)
-    return model, hook
+    applied = apply_compression(
+        model, CompressionConfig.from_hook_cfg(hook_cfg))
+    return model, applied
 
 
 def test_state_dict_and_parameters_unchanged_and_removable():
     plain, _ = _deeplabv3('off')
-    model, hook = _deeplabv3('exact')
+    model, applied = _deeplabv3('exact')
     assert list(model.state_dict()) == list(plain.state_dict())
     params = dict(model.named_parameters())
     # the BatchNorms are new modules sharing the original Parameters
-    for path in hook.lean.lean_norms:
+    for path in applied.lean.lean_norms:
         norm = model.get_submodule(path)
         assert isinstance(norm, LeanBatchNorm2d)
         assert norm.weight is params[f'{path}.weight']
     # paper setup: layer4's BN are frozen (scale only), the ASPP ones train
     # after compressed convs: unfolded in 'exact'
     assert ('decode_head.aspp_modules.0.conv',
-            'decode_head.aspp_modules.0.bn') in hook.lean.unfolded
-    assert hook.lean.folded == []
-    originals = dict(hook.lean.originals)
-    remove_lean_backward(model, hook.lean)
+            'decode_head.aspp_modules.0.bn') in applied.lean.unfolded
+    assert applied.lean.folded == []
+    originals = dict(applied.lean.originals)
+    remove_lean_backward(model, applied.lean)
     for path, module in originals.items():
         assert model.get_submodule(path) is module
     assert not any(isinstance(m, (LeanBatchNorm2d, MaskedReLU,
@@ -300,9 +302,9 @@ def test_state_dict_and_parameters_unchanged_and_removable():
 
 
 def test_all_mode_folds_trainable_norms_after_compressed_convs():
-    model, hook = _deeplabv3('all')
+    model, applied = _deeplabv3('all')
     assert ('decode_head.aspp_modules.0.conv',
-            'decode_head.aspp_modules.0.bn') in hook.lean.folded
+            'decode_head.aspp_modules.0.bn') in applied.lean.folded
     conv = model.get_submodule('decode_head.aspp_modules.0.conv')
     assert conv.folded_norm is model.get_submodule(
         'decode_head.aspp_modules.0.bn')
@@ -314,9 +316,9 @@ def test_no_folding_when_norms_train():
     model = MODELS.build(copy.deepcopy(cfg.model))
     hook_cfg = copy.deepcopy(cfg.default_hooks.compression)
     hook_cfg.update(norm_eval=False)
-    hook = HOOKS.build(hook_cfg.to_dict())
-    hook.install(model)
-    assert hook.lean.lean_norms == [] and hook.lean.masked_activations
+    applied = apply_compression(
+        model, CompressionConfig.from_hook_cfg(hook_cfg))
+    assert applied.lean.lean_norms == [] and applied.lean.masked_activations
     assert not any(isinstance(m, LeanBatchNorm2d) for m in model.modules())
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from mmengine.registry import HOOKS
 
+from mmseg_hosvd.compression import apply_compression
 from mmseg_hosvd.engine.compression_hook import CHECKPOINT_KEY
 from mmseg_hosvd.engine.memory_hook import ActivationMemoryHook, total_mib
 from mmseg_hosvd.ops import CompressedConv2d, SubspaceTracker
@@ -195,7 +196,7 @@ def test_asi_state_round_trips_through_the_hook_checkpoint():
     torch.manual_seed(0)
     model = TinyASPP()
     hook = _hook(seed=5)
-    hook.install(model)
+    hook.applied = apply_compression(model, hook.config)  # as before_run
     grads(model, x, steps=2)
     checkpoint = dict(state_dict=model.state_dict())
     hook.before_save_checkpoint(FakeRunner(model), checkpoint)
@@ -211,7 +212,7 @@ def test_asi_state_round_trips_through_the_hook_checkpoint():
     torch.manual_seed(1)
     restored = TinyASPP()
     restored_hook = _hook(seed=6)  # a different seed: the state wins
-    restored_hook.install(restored)
+    restored_hook.applied = apply_compression(restored, restored_hook.config)
     restored.load_state_dict(loaded['state_dict'])
     restored_hook.after_load_checkpoint(FakeRunner(restored), loaded)
     original_layers = compression_context(model).subspaces.layers
@@ -231,7 +232,7 @@ def test_hook_ignores_state_for_other_methods_and_validates_budget():
     model = TinyASPP()
     hook = HOOKS.build(dict(type='ActivationCompressionHook', method='hosvd',
                             layers=LAYERS))
-    hook.install(model)
+    hook.applied = apply_compression(model, hook.config)  # as before_run
     checkpoint = {}
     hook.before_save_checkpoint(FakeRunner(model), checkpoint)
     assert CHECKPOINT_KEY not in checkpoint
@@ -250,8 +251,8 @@ def test_hook_budget_mode_respects_the_budget():
     torch.manual_seed(0)
     model = TinyASPP()
     budget_mib = 0.004
-    hook = _hook(budget_mib=budget_mib)
-    installed = hook.install(model)
+    installed = apply_compression(model,
+                                  _hook(budget_mib=budget_mib).config).layers
     grads(model, x, steps=2)
     stats = {p: c.last_stats for p, c in installed.items()}
     _, kept = total_mib(stats)

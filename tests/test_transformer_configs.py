@@ -36,9 +36,11 @@ from mmseg.registry import HOOKS, MODELS
 from mmseg.utils import register_all_modules
 
 import mmseg_hosvd.ops
+from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from conftest import CONFIGS, REPO
 from leaf_configs import (METHODS, SETUPS, check_hook_settings,
                           check_sgd_and_hooks, leaf_config_path, load)
+from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from mmseg_hosvd import surgery
 
 MMSEG_CONFIGS = osp.join(osp.dirname(mmseg.__file__), '.mim', 'configs')
@@ -281,7 +283,7 @@ def test_swin_lists_lie_in_the_head():
 
 
 def check_data_and_runtime(cfg):
-    assert 'mmseg_hosvd' in cfg.custom_imports.imports
+    assert 'mmseg_hosvd.engine' in cfg.custom_imports.imports
     assert cfg.randomness.seed == 233
     assert cfg.model_wrapper_cfg.find_unused_parameters is False
     train = cfg.train_dataloader
@@ -423,8 +425,8 @@ def test_hook_installs_the_lists(model_name, setup, tag):
     installs compression on exactly those layers."""
     cfg = load(leaf_path(model_name, setup, tag))
     model = build(model_name)
-    hook = HOOKS.build(dict(cfg.default_hooks.compression))
-    installed = hook.install(model)
+    installed = apply_compression(model, CompressionConfig.from_hook_cfg(
+        cfg.default_hooks.compression)).layers
     method = METHODS[tag][0]
     expected = {}
     for path, radius in LAYERS[(model_name, setup)][1]:
@@ -451,13 +453,12 @@ def test_num_layers_picks_the_listed_layers(model_name, setup):
     """The hook's own tracing (``num_layers``) finds the same layers."""
     listed = load(leaf_path(model_name, setup, 'hosvd-eps0.8'))
     model = build(model_name)
-    by_list = set(HOOKS.build(dict(listed.default_hooks.compression)).install(
-        model))
+    by_list = set(apply_compression(model, CompressionConfig.from_hook_cfg(
+        listed.default_hooks.compression)).layers)
     model = build(model_name)
-    hook = HOOKS.build(
-        dict(type='ActivationCompressionHook', method='hosvd', eps=0.8,
-             num_layers=5 if setup == '5l' else 10))
-    assert set(hook.install(model)) == by_list
+    config = CompressionConfig(method='hosvd', eps=0.8,
+                               num_layers=5 if setup == '5l' else 10)
+    assert set(apply_compression(model, config).layers) == by_list
 
 
 # ------------------------------------------------------------------- demo

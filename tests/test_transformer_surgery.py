@@ -10,6 +10,7 @@ from mmcv.cnn.bricks.transformer import \
     MultiheadAttention as MMCVMultiheadAttention
 
 import transformer_models as tm
+from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from mmseg_hosvd.engine import ActivationCompressionHook
 from mmseg_hosvd.ops import CompressedConv2d, CompressedLinear
 from mmseg_hosvd.ops.attention import CompressedMultiheadAttention
@@ -196,8 +197,8 @@ def test_install_remove_round_trip(family, num_layers):
     model = tm.build(family)
     keys = list(model.state_dict())
     params = dict(model.named_parameters())
-    hook = ActivationCompressionHook(method='hosvd', num_layers=num_layers)
-    installed = hook.install(model)
+    installed = apply_compression(model, CompressionConfig(
+        method='hosvd', num_layers=num_layers)).layers
     assert len(installed) == num_layers
     assert {type(m) for m in installed.values()} == {CompressedConv2d,
                                                      CompressedLinear}
@@ -227,22 +228,23 @@ def test_bad_configs_for_linears(segformer):
     model = copy.deepcopy(segformer)
     with pytest.raises(ValueError, match=r"layers\[0\]: path "
                        f"'{MIT}.attn.nope' does not exist"):
-        ActivationCompressionHook(layers=[f'{MIT}.attn.nope']).install(model)
+        apply_compression(model,
+                          CompressionConfig(layers=[f'{MIT}.attn.nope']))
     with pytest.raises(ValueError, match=f"'{MIT}.norm1' is a LayerNorm, not"
                        ' an nn.Conv2d, nn.Linear'):
-        ActivationCompressionHook(layers=[f'{MIT}.norm1']).install(model)
+        apply_compression(model, CompressionConfig(layers=[f'{MIT}.norm1']))
     with pytest.raises(ValueError, match=f"linear '{MIT}.attn.attn.out_proj'"
                        r'.*already listed'):
-        ActivationCompressionHook(layers=[
-            f'{MIT}.attn', f'{MIT}.attn.attn.out_proj']).install(model)
+        apply_compression(model, CompressionConfig(layers=[
+            f'{MIT}.attn', f'{MIT}.attn.attn.out_proj']))
     with pytest.raises(ValueError, match=r"'backbone.layers.3.1.0.attn.attn."
                        r"out_proj' \(from 'backbone.layers.3.1.0'\) is an "
                        r"nn.Linear.*method='gradient_filter'.*dict\(path="):
-        ActivationCompressionHook(method='gradient_filter',
-                                  layers=[MIT]).install(model)
+        apply_compression(model, CompressionConfig(
+            method='gradient_filter', layers=[MIT]))
     with pytest.raises(ValueError, match='is an nn.Linear'):
-        ActivationCompressionHook(method='gradient_filter',
-                                  num_layers=9).install(model)
+        apply_compression(model, CompressionConfig(
+            method='gradient_filter', num_layers=9))
     with pytest.raises(ValueError, match=r"layers\[0\]: unknown method"):
         ActivationCompressionHook(layers=[dict(path=MIT, method='tucker')])
     # nothing was installed by the failed calls

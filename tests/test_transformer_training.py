@@ -1,4 +1,4 @@
-"""Training SegFormer (MiT) and Swin with the compression hook, every
+"""Training SegFormer (MiT) and Swin with the compression API, every
 method, through mmengine's OptimWrapper; lean_backward on transformers is
 exact."""
 import pytest
@@ -7,7 +7,7 @@ import torch.nn as nn
 from mmengine.optim import OptimWrapper
 
 import transformer_models as tm
-from mmseg_hosvd.engine import ActivationCompressionHook
+from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from mmseg_hosvd.ops import CompressedLinear
 from mmseg_hosvd.ops.dropout import MaskedDropout
 from mmseg_hosvd.profiling import SavedTensorMeter
@@ -24,26 +24,25 @@ GF_LAYERS = dict(
 METHODS = ('vanilla', 'gradient_filter', 'svd', 'hosvd', 'asi')
 
 
-def _hook(family: str, method: str, **kwargs) -> ActivationCompressionHook:
+def _config(family: str, method: str, **kwargs) -> CompressionConfig:
     if method != 'gradient_filter':
-        return ActivationCompressionHook(method=method,
-                                         num_layers=NUM_LAYERS[family],
-                                         **kwargs)
+        return CompressionConfig(method=method,
+                                 num_layers=NUM_LAYERS[family], **kwargs)
     layers = GF_LAYERS[family]
     paths = [e if isinstance(e, str) else e['path'] for e in layers]
     freeze = ['backbone', 'decode_head', '~decode_head.conv_seg'] + [
         f'~{p}' for p in paths
     ]
-    return ActivationCompressionHook(method=method, layers=layers,
-                                     freeze=freeze, **kwargs)
+    return CompressionConfig(method=method, layers=layers, freeze=freeze,
+                             **kwargs)
 
 
 @pytest.mark.parametrize('family', ['segformer', 'swin'])
 @pytest.mark.parametrize('method', METHODS)
 def test_train_steps(family, method):
     model = tm.build(family)
-    hook = _hook(family, method, eps=0.9)
-    installed = hook.install(model)
+    applied = apply_compression(model, _config(family, method, eps=0.9))
+    installed = applied.layers
     linears = [p for p, m in installed.items()
                if isinstance(m, CompressedLinear)]
     assert linears, 'no linear layer compressed'
@@ -54,7 +53,7 @@ def test_train_steps(family, method):
         [p for p in model.parameters() if p.requires_grad], lr=0.1))
     for step in range(2):
         model.train()
-        hook.set_norm_eval()
+        applied.set_norm_eval()
         log = model.train_step(tm.batch(seed=step), optim)
         assert torch.isfinite(log['loss'])
     for name, param in model.named_parameters():
@@ -70,12 +69,11 @@ def test_train_steps(family, method):
 
 def _gradients(family: str, method: str, lean: str):
     model = tm.build(family, drop=0.2).double()
-    hook = ActivationCompressionHook(method=method, eps=0.9,
-                                     num_layers=NUM_LAYERS[family],
-                                     lean_backward=lean)
-    hook.install(model)
+    applied = apply_compression(model, CompressionConfig(
+        method=method, eps=0.9, num_layers=NUM_LAYERS[family],
+        lean_backward=lean))
     model.train()
-    hook.set_norm_eval()
+    applied.set_norm_eval()
     data = model.data_preprocessor(tm.batch(), True)
     data['inputs'] = data['inputs'].double()
     state = list(model.parameters()) + list(model.buffers())
@@ -87,15 +85,15 @@ def _gradients(family: str, method: str, lean: str):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()
              if p.requires_grad}
-    return grads, saved, hook, model
+    return grads, saved, applied, model
 
 
 @pytest.mark.parametrize('family', ['segformer', 'swin'])
 @pytest.mark.parametrize('method', ['vanilla', 'hosvd'])
 def test_lean_backward_exact_on_transformers(family, method):
     off, saved_off, _, _ = _gradients(family, method, 'off')
-    exact, saved_exact, hook, model = _gradients(family, method, 'exact')
-    assert hook.lean.masked_dropouts
+    exact, saved_exact, applied, model = _gradients(family, method, 'exact')
+    assert applied.lean.masked_dropouts
     assert any(isinstance(m, MaskedDropout) for m in model.modules())
     assert off.keys() == exact.keys()
     for name in off:
@@ -122,10 +120,10 @@ def test_breakdown_names_transformer_ops():
     from mmseg_hosvd.bench.report import group_shares, op_group
     from mmseg_hosvd.profiling import saved_breakdown
     model = tm.build('swin', drop=0.2)
-    hook = ActivationCompressionHook(method='hosvd', num_layers=14)
-    hook.install(model)
+    applied = apply_compression(
+        model, CompressionConfig(method='hosvd', num_layers=14))
     model.train()
-    hook.set_norm_eval()
+    applied.set_norm_eval()
     data = model.data_preprocessor(tm.batch(), True)
     losses = model(**data, mode='loss')
     loss = sum(v for k, v in losses.items() if 'loss' in k)
@@ -145,8 +143,9 @@ def test_shifted_windows_train():
     """Swin with two blocks per stage: the last block shifts its windows
     (attention mask); its linears train compressed."""
     model = tm.build('swin', depths=(2, 2, 2, 2))
-    hook = ActivationCompressionHook(method='hosvd', num_layers=14)
-    installed = hook.install(model)
+    applied = apply_compression(
+        model, CompressionConfig(method='hosvd', num_layers=14))
+    installed = applied.layers
     assert 'backbone.stages.3.blocks.1.attn.w_msa.qkv' in installed
     assert model.get_submodule('backbone.stages.3.blocks.1.attn').shift_size
     weight = installed['backbone.stages.3.blocks.1.attn.w_msa.qkv'].weight
@@ -154,6 +153,6 @@ def test_shifted_windows_train():
     optim = OptimWrapper(torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.1))
     model.train()
-    hook.set_norm_eval()
+    applied.set_norm_eval()
     assert torch.isfinite(model.train_step(tm.batch(), optim)['loss'])
     assert not torch.equal(weight, before)

@@ -102,9 +102,8 @@ def compression_configs(cfg) -> List[CompressionConfig]:
                                                           None)
         if name != COMPRESSION_HOOK:
             continue
-        values = {k: v for k, v in copy.deepcopy(dict(entry)).items()
-                  if k not in ('type', 'priority')}
-        configs.append(CompressionConfig.from_dict(values))
+        configs.append(
+            CompressionConfig.from_hook_cfg(copy.deepcopy(dict(entry))))
     return configs
 
 

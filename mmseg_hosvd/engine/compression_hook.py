@@ -65,12 +65,6 @@ class ActivationCompressionHook(Hook):
         """What ``lean_backward`` installed (after ``before_run``)."""
         return None if self.applied is None else self.applied.lean
 
-    def install(self, model: nn.Module) -> Dict[str, nn.Module]:
-        """:func:`~mmseg_hosvd.compression.apply_compression` on a bare
-        model outside a Runner (tests); returns the layers by path."""
-        self.applied = apply_compression(model, self.config)
-        return self.applied.layers
-
     def set_norm_eval(self) -> None:
         """``applied.set_norm_eval()`` (nothing before ``before_run``)."""
         if self.applied is not None:
