@@ -36,7 +36,10 @@ EXTRAS_REQUIRE = {
     # direct needs of openmim 0.3.9, which itself is installed with --no-deps
     'mim': ['click', 'colorama', 'model-index', 'pandas', 'requests', 'rich',
             'tabulate'],
-    'tests': ['pytest'] + TOOLS_REQUIRE,
+    # import-linter checks the layer contracts (.importlinter); it needs
+    # Python >= 3.11, like the lock file
+    'tests': ['pytest', 'import-linter>=2.1; python_version>="3.11"'] +
+    TOOLS_REQUIRE,
 }
 
 setup(

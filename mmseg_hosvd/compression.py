@@ -33,13 +33,13 @@ from .lean_loss import install_lean_loss, remove_lean_loss
 from .ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
                   SubspaceTracker, check_eps)
 from .ops.gradient_filter import check_radius
+from .layer_paths import (classifier_paths, last_layer_paths,
+                          layer_execution_order, resolve_layers)
 from .surgery import (CompressedLayer, apply_freeze, batch_norms,
-                      check_methods, check_trainable, classifier_paths,
-                      compression_state_dict, freeze_all_but,
-                      install_compression, last_layer_paths,
-                      layer_execution_order, load_compression_state_dict,
-                      optional_list, remove_compression, resolve_layers,
-                      set_norm_eval)
+                      check_methods, check_trainable, compression_state_dict,
+                      freeze_all_but, install_compression,
+                      load_compression_state_dict, optional_list,
+                      remove_compression, set_norm_eval)
 
 LayerEntry = Union[str, dict]
 

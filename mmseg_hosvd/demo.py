@@ -39,11 +39,23 @@ def train_command(config: str, work_dir: str, data_root: str,
     ]
 
 
+#: mim and mmengine import (and reload) setuptools' deprecated
+#: pkg_resources in the training processes; its warning says nothing about
+#: the run
+PKG_RESOURCES_FILTER = 'ignore:pkg_resources is deprecated as an API'
+
+
 def train_env() -> dict:
     """The environment with the package's folder on ``PYTHONPATH`` (the
-    configs' ``custom_imports`` import ``mmseg_hosvd`` from it)."""
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [PACKAGE_ROOT, os.environ.get('PYTHONPATH')])))
+    configs' ``custom_imports`` import ``mmseg_hosvd.engine`` from it) and
+    the ``pkg_resources`` deprecation warning filtered out."""
+    def joined(first: str, name: str, sep: str) -> str:
+        return sep.join(filter(None, [first, os.environ.get(name)]))
+
+    return dict(os.environ,
+                PYTHONPATH=joined(PACKAGE_ROOT, 'PYTHONPATH', os.pathsep),
+                PYTHONWARNINGS=joined(PKG_RESOURCES_FILTER,
+                                      'PYTHONWARNINGS', ','))
 
 
 def last_val_metrics(work_dir: str) -> dict:

@@ -30,8 +30,7 @@ Parameters and buffers (``params``: e.g. ``list(model.parameters()) +
 list(model.buffers())``), ``nn.Parameter`` objects and leaf tensors that
 require grad are "parameters": they are kept apart from the activation
 totals and reported separately, since they exist whether or not a step
-saves them. The peak meter, :class:`PeakMemoryMeter`, lives in
-:mod:`mmseg_hosvd.peak_memory` and is re-exported here.
+saves them. The peak meter is :mod:`mmseg_hosvd.peak_memory`.
 """
 import weakref
 from dataclasses import dataclass, field
@@ -42,8 +41,6 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .ops import MIB
-from .peak_memory import PeakMemoryMeter  # noqa: F401  (re-export)
 
 #: kinds of saved storages
 ACTIVATION = 'activation'
@@ -330,7 +327,7 @@ class GraphBreakdown:
     nodes: int = 0
 
     def to_dict(self, unit: int = 1) -> dict:
-        """Plain dict; byte figures divided by ``unit`` (e.g. :data:`MIB`),
+        """Plain dict; byte figures divided by ``unit`` (e.g. ``mmseg_hosvd.ops.MIB``),
         ops sorted by decreasing size."""
 
         def table(shares: Dict[str, OpShare]) -> Dict[str, dict]:

@@ -32,10 +32,7 @@ from mmengine.utils import is_seq_of
 from torch.nn.modules.activation import NonDynamicallyQuantizableLinear
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .layer_paths import (CLASSIFIER_NAME, LayerSpec,  # noqa: F401
-                          classifier_paths, expand_layer_paths, get_module,
-                          is_mha_out_proj, last_layer_paths,
-                          layer_execution_order, resolve_layers)
+from .layer_paths import LayerSpec, get_module, is_mha_out_proj
 from .ops import (LINEAR_METHODS, CompressedConv2d, CompressedLinear,
                   CompressionContext, SubspaceTracker)
 from .ops.attention import CompressedMultiheadAttention

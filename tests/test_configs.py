@@ -23,7 +23,7 @@ from conftest import CONFIGS, REPO
 from leaf_configs import (METHODS, SETUPS, check_hook_settings,
                           check_sgd_and_hooks, leaf_config_path, load)
 from mmseg_hosvd import surgery
-from mmseg_hosvd.surgery import expand_layer_paths
+from mmseg_hosvd.layer_paths import expand_layer_paths
 
 URL_ROOT = 'https://download.openmmlab.com/mmsegmentation/v0.5/'
 

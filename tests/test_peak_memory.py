@@ -6,7 +6,6 @@ import torch
 import torch.nn as nn
 
 from mmseg_hosvd.peak_memory import PeakMemoryMeter, running_peak
-from mmseg_hosvd.profiling import PeakMemoryMeter as ReExported
 
 F32 = 4
 
@@ -16,10 +15,6 @@ def test_running_peak():
     assert running_peak([-5, 3]) == 0
     assert running_peak([4, 4, -4, 2, -6]) == 8
     assert running_peak([4, -4, 2, 2, 1]) == 5
-
-
-def test_reexported_from_profiling():
-    assert ReExported is PeakMemoryMeter
 
 
 def test_temporary_freed_before_the_peak_is_not_double_counted():

@@ -13,8 +13,9 @@ from mmseg_hosvd.compression import apply_compression
 from mmseg_hosvd.engine.compression_hook import CHECKPOINT_KEY
 from mmseg_hosvd.engine.memory_hook import ActivationMemoryHook, total_mib
 from mmseg_hosvd.ops import CompressedConv2d, SubspaceTracker
+from mmseg_hosvd.layer_paths import resolve_layers
 from mmseg_hosvd.surgery import (compression_context, install_compression,
-                                 remove_compression, resolve_layers)
+                                 remove_compression)
 
 MIB = 2**20
 

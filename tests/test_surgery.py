@@ -6,11 +6,11 @@ from mmcv.cnn import ConvModule
 from mmseg.models.backbones.resnet import BasicBlock
 
 from mmseg_hosvd.ops import CompressedConv2d
+from mmseg_hosvd.layer_paths import (expand_layer_paths, last_layer_paths,
+                                     layer_execution_order, resolve_layers)
 from mmseg_hosvd.surgery import (apply_freeze, batch_norms, check_trainable,
-                                 compressed_layers, layer_execution_order,
-                                 expand_layer_paths, install_compression,
-                                 last_layer_paths, remove_compression,
-                                 resolve_layers, set_norm_eval)
+                                 compressed_layers, install_compression,
+                                 remove_compression, set_norm_eval)
 
 
 class Head(nn.Module):

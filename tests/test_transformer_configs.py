@@ -36,7 +36,6 @@ from mmseg.registry import HOOKS, MODELS
 from mmseg.utils import register_all_modules
 
 import mmseg_hosvd.ops
-from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from conftest import CONFIGS, REPO
 from leaf_configs import (METHODS, SETUPS, check_hook_settings,
                           check_sgd_and_hooks, leaf_config_path, load)
@@ -504,6 +503,7 @@ def test_demo_mim_train(tmp_path, tiny_voc):
     assert result.returncode == 0, (result.stdout[-3000:] +
                                     result.stderr[-3000:])
     assert 'mIoU' in last_val_metrics(work_dir)
+    assert 'pkg_resources is deprecated' not in result.stderr
     with open(osp.join(work_dir, 'activation_memory.json')) as f:
         memory = json.load(f)
     assert memory['iterations'] == 2

@@ -14,10 +14,10 @@ from mmseg_hosvd.compression import CompressionConfig, apply_compression
 from mmseg_hosvd.engine import ActivationCompressionHook
 from mmseg_hosvd.ops import CompressedConv2d, CompressedLinear
 from mmseg_hosvd.ops.attention import CompressedMultiheadAttention
+from mmseg_hosvd.layer_paths import (expand_layer_paths, layer_execution_order,
+                                     resolve_layers)
 from mmseg_hosvd.surgery import (compressed_layers, compression_context,
-                                 expand_layer_paths, install_compression,
-                                 layer_execution_order, remove_compression,
-                                 resolve_layers)
+                                 install_compression, remove_compression)
 
 MIT = 'backbone.layers.3.1.0'  # last MiT TransformerEncoderLayer
 SWIN = 'backbone.stages.3.blocks.0'  # last SwinBlock

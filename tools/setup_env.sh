@@ -7,15 +7,16 @@
 # torch first, alone (--no-deps: only torch is looked up there), with
 # PyTorch's CPU wheel index as an extra index (TORCH_INDEX): its 2.13.0+cpu
 # satisfies the lock's torch==2.13.0 and is preferred to PyPI's multi-GB
-# CUDA build. Where that index cannot be reached pip only warns (a few
-# retries) and takes torch from PyPI or a configured find-links/index.
+# CUDA build. Where that index cannot be reached pip only warns (one retry,
+# 10 s time-out) and takes torch from PyPI or a configured find-links/index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 TORCH_INDEX=${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade 'pip>=23'
-"$VENV/bin/python" -m pip install -q --no-deps --extra-index-url "$TORCH_INDEX" \
+"$VENV/bin/python" -m pip install -q --no-deps --retries 1 --timeout 10 \
+    --extra-index-url "$TORCH_INDEX" \
     "$(grep -E '^torch==' requirements/cpu.txt)"
 "$VENV/bin/python" -m pip install -q -r requirements/cpu.txt
 # the lock must be complete: the plugin's own install adds nothing else
@@ -30,4 +31,4 @@ PY
 "$VENV/bin/python" -m pip install -q -e '.[mim,tests]'
 # openmim without its heavy optional dependency chain (opendatalab).
 "$VENV/bin/python" -m pip install -q --no-deps 'openmim==0.3.9'
-"$VENV/bin/python" -c "import mmseg_hosvd, mmseg.models, mim; print('environment ready:', mmseg_hosvd.__version__)"
+"$VENV/bin/python" -c "import mmseg_hosvd.engine, mmseg.models, mim; print('environment ready:', mmseg_hosvd.__version__)"

@@ -1,9 +1,8 @@
 """The compression hook: :func:`~mmseg_hosvd.compression.apply_compression`
 in a Runner."""
 import copy
-from typing import Dict, Optional
+from typing import Optional
 
-import torch.nn as nn
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
