@@ -61,8 +61,8 @@ def test_theil_sen_ignores_a_spike_and_thins_long_series():
 
 
 #: a fresh process: 'leak' keeps 1 MiB of fresh touched anonymous pages per
-#: step after a 256 MiB early peak (freed); 'spike' holds 256 MiB for one
-#: late step only. Prints the samples of steps 1..60 as JSON.
+#: step after a 256 MiB early peak (freed); 'spike' holds, for one late
+#: step only, enough to rise 256 MiB above the peak so far. Prints the samples of steps 1..60 as JSON.
 SYNTHETIC = textwrap.dedent('''
     import json, mmap, sys
     from mmseg_hosvd.diagnostics.leaks import sample_rss
@@ -83,7 +83,10 @@ SYNTHETIC = textwrap.dedent('''
                 kept.append(touched(1))
             samples.append(sample_rss(step))
         else:
-            spike = touched(256) if step == 55 else None
+            # 256 MiB above the peak so far (imports may have set it)
+            now = sample_rss(step)
+            spike = (touched(int(now.peak_mib - now.current_mib) + 256)
+                     if step == 55 else None)
             samples.append(sample_rss(step))
             if spike is not None:
                 spike.close()
