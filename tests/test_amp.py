@@ -23,8 +23,8 @@ from test_training import leaf_config
 
 AMP_DTYPE = torch.float16 if torch.cuda.is_available() else torch.bfloat16
 #: relative L2 error allowed between the AMP and float32 gradient of every
-#: trainable parameter, ``||g_amp - g_fp32|| / ||g_fp32||`` (README, "Mixed
-#: precision")
+#: trainable parameter, ``||g_amp - g_fp32|| / ||g_fp32||`` (docs/reliability.md,
+#: "Mixed precision")
 GRAD_RTOL = 0.05
 
 

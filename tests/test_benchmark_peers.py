@@ -172,8 +172,9 @@ def test_checkpoint_gradients_equal_vanilla(lean_loss):
 
 
 def test_which_to_pick_preset_rows():
-    """``--preset which-to-pick``: the README table's rows, per model and
-    setup, whatever --methods/--lean-backward/--amp say."""
+    """``--preset which-to-pick``: the rows of docs/benchmarks.md's "Which to
+    pick" table, per model and setup, whatever --methods/--lean-backward/--amp
+    say."""
     args = parse_memory_args(['--preset', 'which-to-pick', '--models', 'fcn',
                           'upernet', '--setups', '10L', '--methods',
                           'svd', '--amp'])

@@ -3,9 +3,10 @@
 Pure torch (layer 1): ``eigh``/``eigvalsh`` with fallbacks for the rare
 LAPACK failures. The thread count is torch's (``torch.set_num_threads``):
 on a CPU shared with other processes, one thread can be much faster for
-these solvers (a 640 x 640 ``eigh`` + ``eigvalsh`` took 70 ms on one thread
-and 410-840 ms on two, 2 cores under load), which is the user's setting to
-make, never changed here.
+these solvers (a 640 x 640 ``eigh`` / ``eigvalsh`` took a median of
+70.9 / 67.3 ms on one thread and 408.6 / 840.5 ms on two, 2 cores under
+load; docs/speed.md, "Threads are yours to set"), which is the user's
+setting to make, never changed here.
 """
 from typing import Dict, List, Tuple
 
