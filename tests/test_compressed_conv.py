@@ -576,3 +576,15 @@ def test_vanilla_is_the_plain_conv_and_records_the_full_input():
     grad_plain = torch.autograd.grad(conv(x).sum(), (x, conv.weight))
     for got, want in zip(grad_vanilla, grad_plain):
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize('method', ['hosvd', 'svd', 'asi'])
+@pytest.mark.parametrize('kernel_size', [1, 3])
+def test_weight_grad_has_the_weight_layout(method, kernel_size):
+    """DDP copies each gradient into a bucket view with the parameter's
+    strides: grad_weight has them (a factored 1x1 gradient can come out
+    transposed)."""
+    conv = CompressedConv2d(16, 8, kernel_size, padding=kernel_size // 2,
+                            method=method, eps=0.8)
+    conv(torch.randn(1, 16, 4, 4)).square().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()

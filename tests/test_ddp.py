@@ -59,7 +59,11 @@ def test_two_process_ddp_ranks_agree(tmp_path, tiny_voc, method):
     cfg.model_wrapper_cfg.device_ids = None
     config = tmp_path / 'ddp_cfg.py'
     cfg.dump(str(config))
-    _torchrun(config)
+    log = _torchrun(config).stdout
+    # rank 0 logs what rank 1 found
+    assert ('in iteration 1 on rank(s) 1 (this is rank 0): rank 1: the '
+            'input batch') in log
+    assert 'compressed layers with non-finite input: Compressed' in log
     dumps = [
         torch.load(tmp_path / 'work' / f'rank{r}.pth', weights_only=True)
         for r in (0, 1)
@@ -137,7 +141,11 @@ def test_a_nan_on_one_rank_skips_the_step_on_every_rank(tmp_path, tiny_voc):
                                  device_ids=None)
     config = tmp_path / 'ddp_cfg.py'
     cfg.dump(str(config))
-    _torchrun(config)
+    log = _torchrun(config).stdout
+    # rank 0 logs what rank 1 found
+    assert ('in iteration 1 on rank(s) 1 (this is rank 0): rank 1: the '
+            'input batch') in log
+    assert 'compressed layers with non-finite input: Compressed' in log
     dumps = [
         torch.load(tmp_path / 'work' / f'rank{r}.pth', weights_only=True)
         for r in (0, 1)

@@ -6,8 +6,9 @@ METHOD_SPECS`); the memory benchmark adds one peer, :data:`CHECKPOINT`: the
 vanilla leaf config with its trainable modules under
 ``torch.utils.checkpoint``. A :class:`BenchmarkRow` is one row: a method and
 its variant flags (lean backward, lean loss, mixed precision), for a model
-and setup. ``which-to-pick`` is the README's "Which to pick" table: plain
-partial fine-tuning and what PyTorch and MMSegmentation already offer
+and setup. ``which-to-pick`` is the "Which to pick" table of
+docs/benchmarks.md: plain partial fine-tuning and what PyTorch and
+MMSegmentation already offer
 (activation checkpointing, mixed precision) beside the compression methods
 in their default and best modes; ``which-to-pick-short`` keeps five of its
 rows (vanilla, checkpointing, vanilla AMP, HOSVD in its leanest mode, with

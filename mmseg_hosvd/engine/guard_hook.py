@@ -14,6 +14,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..ops import NON_FINITE_MODES
 from ..surgery import compressed_layers
+from .distributed import all_ranks_objects
 
 
 @HOOKS.register_module()
@@ -141,7 +142,12 @@ class NonFiniteStepGuardHook(Hook):
             found.append(f'the gradient of {bad_grad!r}')
         where = (f'iteration {runner.iter + 1} on rank(s) '
                  f'{", ".join(map(str, ranks))} (this is rank {get_rank()})')
-        what = '; '.join(found) if found else 'on another rank'
+        # every rank is here (``ranks`` is global): gather what each found
+        by_rank = all_ranks_objects(found)
+        what = '; '.join(
+            found if len(by_rank) == 1 else
+            [f'rank {rank}: {", ".join(items)}'
+             for rank, items in enumerate(by_rank) if items])
         if (self.non_finite or 'skip') == 'raise':
             raise FloatingPointError(
                 f"non_finite='raise': non-finite tensors in {where}: {what}"
@@ -149,7 +155,8 @@ class NonFiniteStepGuardHook(Hook):
         for param in params:
             param.grad = None
         self.skipped_steps += 1
-        layers = [f for f in found if f.startswith('Compressed')]
+        layers = sorted({item for items in by_rank for item in items
+                         if item.startswith('Compressed')})
         runner.logger.warning(
             f'{type(self).__name__}: non-finite gradient in iteration '
             f'{runner.iter + 1}: optimizer step skipped on every rank (no '

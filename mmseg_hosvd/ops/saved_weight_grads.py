@@ -21,13 +21,16 @@ def saved_weight_grads(ctx, grad_output: Tensor, weight: Tensor,
                        bias_grad: Callable[[Tensor], Tensor]) -> Grads:
     """The gradients ``ctx.needs_input_grad`` asks for (grad_bias only with
     ``ctx.has_bias``), in this order: ``input_grad(grad_output, weight)``,
-    ``weight_grad(grad_output, weight)`` cast to ``weight``'s dtype,
+    ``weight_grad(grad_output, weight)`` in ``weight``'s dtype and strides,
     ``bias_grad(grad_output)``."""
     grad_input = grad_weight = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_input = input_grad(grad_output, weight)
     if ctx.needs_input_grad[1]:
         grad_weight = weight_grad(grad_output, weight).to(weight.dtype)
+        if grad_weight.stride() != weight.stride():
+            # the weight's layout, as DDP's gradient buckets expect
+            grad_weight = torch.empty_like(weight).copy_(grad_weight)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_bias = bias_grad(grad_output)
     return grad_input, grad_weight, grad_bias
