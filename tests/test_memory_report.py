@@ -1,20 +1,18 @@
 """The activation-memory report: checked up front, written atomically, kept
-across ``--resume``, and summed over the ranks of a DDP run."""
+across ``--resume``, and merged over ranks (the two-process run is in
+tests/test_ddp.py)."""
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from conftest import REPO, tiny_run_cfg
+from conftest import tiny_run_cfg
 from mmseg_hosvd.engine import memory_hook
 from mmseg_hosvd.engine.memory_stats import MemoryTotals, RunningStat
-from test_bad_data import LAYERS, PoisonHook
-from test_ddp import TRAIN_SCRIPT, _free_port
+from test_bad_data import PoisonHook
 from test_training import leaf_config
 
 
@@ -133,35 +131,3 @@ def test_merge_of_ranks_and_resume_parts():
     assert run.recorded == 5 and run.non_finite_at == {2, 3, 5}
     assert run.skipped_steps == 2
     assert MemoryTotals.from_state(run.state()) == run
-
-
-@pytest.mark.slow
-def test_two_process_report_counts_every_rank(tmp_path, tiny_voc):
-    """NaN on rank 1 only: rank 0's report still counts it."""
-    cfg = _cfg(tmp_path / 'work', tiny_voc, 2)
-    cfg.custom_imports = dict(
-        imports=['mmseg_hosvd.engine', 'cpu_ddp'],
-        allow_failed_imports=False)
-    cfg.custom_hooks = [dict(type='RankPoisonHook', rank=1, iteration=0)]
-    cfg.model_wrapper_cfg.device_ids = None
-    config = tmp_path / 'ddp_cfg.py'
-    cfg.dump(str(config))
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
-        [REPO, osp.join(REPO, 'tests', 'support')]))
-    result = subprocess.run([
-        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        f'--master_port={_free_port()}', TRAIN_SCRIPT,
-        str(config), '--launcher', 'pytorch'
-    ], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert result.returncode == 0, (result.stdout[-2000:] +
-                                    result.stderr[-4000:])
-    report = _report(tmp_path / 'work')
-    assert report['ranks'] == 2
-    assert report['non_finite_iterations'] == 1
-    assert report['skipped_steps'] == 1
-    assert report['iterations'] == 1
-    assert set(report['layers']) == LAYERS
-    for layer in report['layers'].values():
-        assert layer['non_finite'] == 1  # rank 1's call
-    total = report['total']['paper_mib']
-    assert total['peak'] >= total['mean'] > 0

@@ -76,7 +76,7 @@ def test_raise_on_a_nan_input_names_iteration_rank_and_layer(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize('method', ['vanilla', 'hosvd'])
 def test_raise_on_a_nan_loss_names_the_loss(tmp_path, tiny_voc, method):
     poison = PoisonLogitsHook({0: float('nan')})
     runner = _runner(tmp_path, tiny_voc, method, poison, 2, 'raise')
