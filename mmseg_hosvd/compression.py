@@ -25,21 +25,25 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmseg.models.segmentors import EncoderDecoder
 
+from .compat import prepare_mmseg
+from .layer_paths import (classifier_paths, last_layer_paths,
+                          layer_execution_order, resolve_layers)
 from .lean_backward import (LeanBackward, check_lean_backward,
                             install_lean_backward, remove_lean_backward)
 from .lean_loss import install_lean_loss, remove_lean_loss
 from .ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
                   SubspaceTracker, check_eps)
 from .ops.gradient_filter import check_radius
-from .layer_paths import (classifier_paths, last_layer_paths,
-                          layer_execution_order, resolve_layers)
 from .surgery import (CompressedLayer, apply_freeze, batch_norms,
                       check_methods, check_trainable, compression_state_dict,
                       freeze_all_but, install_compression,
                       load_compression_state_dict, optional_list,
                       remove_compression, set_norm_eval)
+
+prepare_mmseg()  # before mmseg.models (mmcv.ops fallback)
+
+from mmseg.models.segmentors import EncoderDecoder  # noqa: E402  # isort: skip
 
 LayerEntry = Union[str, dict]
 

@@ -51,11 +51,13 @@ def test_custom_imports_target_registers_the_hooks():
     assert 'registered' in result.stdout
 
 
-def test_modules_above_ops_prepare_mmseg_themselves():
-    """``mmseg_hosvd.surgery`` imported first (as tests do) works without
-    ``mmseg_hosvd.engine``: it calls ``compat.prepare_mmseg()``."""
-    result = run_python('''
-        import mmseg_hosvd.surgery
+@pytest.mark.parametrize('module', ['surgery', 'compression'])
+def test_modules_above_ops_prepare_mmseg_themselves(module):
+    """``mmseg_hosvd.surgery`` (as tests import it) or the compression API
+    imported first works without ``mmseg_hosvd.engine`` (with mmcv-lite
+    too): they call ``compat.prepare_mmseg()``."""
+    result = run_python(f'''
+        import mmseg_hosvd.{module}
         import mmseg_hosvd.lean_loss
         import mmseg.models
         from mmseg_hosvd.compat import prepare_mmseg
