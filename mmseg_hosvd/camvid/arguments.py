@@ -41,15 +41,23 @@ def resolve_data_root(parser: argparse.ArgumentParser, data_root: str,
     return data_root
 
 
-def experiment_parser(description: Optional[str] = None
-                      ) -> argparse.ArgumentParser:
-    """The experiment driver's command line."""
+def _selection_parser(description: Optional[str],
+                      methods: Sequence[str]) -> argparse.ArgumentParser:
+    """A parser with the model/depth selection and ``--methods``
+    (default ``methods``)."""
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_selection_arguments(parser)
     parser.add_argument('--methods', nargs='+', choices=list(METHODS),
-                        default=list(METHODS))
+                        default=list(methods))
+    return parser
+
+
+def experiment_parser(description: Optional[str] = None
+                      ) -> argparse.ArgumentParser:
+    """The experiment driver's command line."""
+    parser = _selection_parser(description, METHODS)
     parser.add_argument('--seeds', nargs='+', type=int, default=[233, 234],
                         help='seeds of the 10L runs')
     parser.add_argument('--seeds-5l', type=int, default=1,
@@ -109,12 +117,8 @@ def parse_experiment_args(argv: Optional[Sequence[str]], repo: str,
 def grad_check_parser(description: Optional[str] = None
                       ) -> argparse.ArgumentParser:
     """The gradient check's command line."""
-    parser = argparse.ArgumentParser(
-        description=description,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_selection_arguments(parser)
-    parser.add_argument('--methods', nargs='+', choices=list(METHODS),
-                        default=[m for m in METHODS if m != 'vanilla'])
+    parser = _selection_parser(
+        description, [m for m in METHODS if m != 'vanilla'])
     parser.add_argument('--batches', type=int, default=4,
                         help='fixed target_train batches')
     parser.add_argument('--seed', type=int, default=233)
