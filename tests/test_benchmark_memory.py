@@ -151,6 +151,12 @@ def test_every_row_has_a_measured_step_peak(run):
         assert record['step_peak_mib'] > record['step_saved_mib_mean']
         assert record['step_peak_mib'] * MIB >= F32 * record[
             'trainable_params']
+        # the whole batch in one step, beside plain no-grad inference of it
+        assert record['micro_batch'] == B
+        assert record['accumulative_counts'] == 1
+        assert 0 < record['floor_mib'] < record['step_peak_mib']
+        assert record['peak_over_floor'] == pytest.approx(
+            record['step_peak_mib'] / record['floor_mib'])
 
 
 def test_layers_and_shapes_match_the_architecture(run):
@@ -326,6 +332,9 @@ def test_markdown_table(run):
      "--data-root '/nonexistent/voc' does not exist"),
     (['--checkpoint', '/nonexistent/x.pth'],
      "--checkpoint '/nonexistent/x.pth' does not exist"),
+    (['--batch-size', '8', '--micro-batch', '2', '3'],
+     '--micro-batch [3]: must divide --batch-size 8'),
+    (['--micro-batch', '0'], "expected an integer >= 1, got '0'"),
 ])
 def test_bad_arguments_name_the_value(argv, message, capsys):
     with pytest.raises(SystemExit) as error:

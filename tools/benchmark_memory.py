@@ -18,6 +18,9 @@ recording
 * ``step_peak_mib``: the peak memory of one whole step (forward, backward,
   optimizer step) above what was held before it (CPU: the profiler's
   allocation events; CUDA: ``max_memory_allocated``), untimed;
+* ``floor_mib``: the peak of plain MMSegmentation's no-grad, eval-mode
+  ``mode='tensor'`` forward of one micro-batch (nothing frozen or
+  compressed), and ``peak_over_floor``;
 * the paper's activation count of the compressed/counted layers (fp32, MiB =
   2**20 bytes; mean and peak over the iterations) and the bytes those layers
   really keep;
@@ -34,7 +37,13 @@ Peers as rows of the same run: method ``checkpoint`` is the vanilla config
 with its trainable modules under ``torch.utils.checkpoint``, one per block
 (exact gradients); ``--amp`` adds an ``amp: true`` twin of each row (bf16
 autocast on the CPU, ``AmpOptimWrapper`` float16 on CUDA); ``--lean-loss on``
-sets the compression hook's ``lean_loss``.
+sets the compression hook's ``lean_loss``; ``--micro-batch M [M ...]`` runs
+each row as batch-size / M micro-batches of M samples through mmengine's
+gradient accumulation (``accumulative_counts``): the peak and the time are
+then those of the effective batch, gradients kept between micro-batches
+included (``micro_batch`` is in every record). ``--anatomy`` adds one
+profiled step per row: what is live at its peak, by group, and the phase,
+module and op running then (``peak_anatomy``).
 
 Writes ``OUT/results.json``, ``OUT/results.csv`` and ``OUT/memory.png`` and
 prints a markdown table. What it runs is :mod:`mmseg_hosvd.bench.memory`.
@@ -54,7 +63,8 @@ import time
 import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.memory import (memory_parser, parse_memory_args,
                                       rows_of, run_memory_benchmark)
-from mmseg_hosvd.bench.report import comparison_table, markdown_table
+from mmseg_hosvd.bench.report import (anatomy_table, comparison_table,
+                                      markdown_table)
 from mmseg_hosvd.bench.rows import CHECKPOINT_PLACEMENT
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -80,6 +90,9 @@ def main() -> None:
     print(markdown_table(records))
     print()
     print(comparison_table(records))
+    if args.anatomy:
+        print()
+        print(anatomy_table(records))
     print(f'\nMiB = 2**20 bytes. paper = the paper\'s count of the compressed '
           f'(vanilla: counted) layers, fp32; kept = bytes those layers really '
           f'keep; step saved = every activation storage autograd saves for '
@@ -88,7 +101,9 @@ def main() -> None:
           f'(forward, backward, optimizer) allocated above what was held '
           f'before it (CPU: profiler allocation events, an upper bound; '
           f'CUDA: max_memory_allocated), measured on a step of its own '
-          f'after the warm-up. checkpoint = the vanilla config with its '
+          f'after the warm-up; floor = the peak of plain MMSegmentation\'s '
+          f'no-grad eval forward (mode=tensor) of one micro-batch. '
+          f'checkpoint = the vanilla config with its '
           f'trainable modules under torch.utils.checkpoint, one per '
           f'{CHECKPOINT_PLACEMENT}. Weights: {init}; data: {data}.')
     print(f'results: {args.out}/results.json, results.csv, memory.png '

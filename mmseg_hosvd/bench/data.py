@@ -197,3 +197,20 @@ def fixed_batches(dataset_cfg: dict, batch_size: int, count: int,
                  for k in range(batch_size)]
         batches.append(pseudo_collate([dataset[i] for i in items]))
     return batches
+
+
+def split_batch(data: dict, micro_batch: int) -> List[dict]:
+    """``data`` (``inputs`` and ``data_samples`` lists of B samples) as
+    B / ``micro_batch`` consecutive micro-batches of ``micro_batch``
+    samples, in order.
+
+    Raises:
+        ValueError: ``micro_batch`` below 1 or not dividing B.
+    """
+    size = len(data['inputs'])
+    if micro_batch < 1 or size % micro_batch:
+        raise ValueError(f'micro_batch {micro_batch} does not divide the '
+                         f'batch of {size}')
+    return [{key: value[start:start + micro_batch]
+             for key, value in data.items()}
+            for start in range(0, size, micro_batch)]

@@ -21,12 +21,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..ops import MIB
+from ..ops import MIB, VANILLA
 from .arguments import (add_run_arguments, add_selection_arguments,
                         add_variant_arguments, check_run_arguments,
-                        eps_value, unique)
+                        eps_value, positive_int, unique)
 from .configs import MODEL_CONFIGS, SETUPS, leaf_config_path, load_leaf_config
 from .data import dataset_batches, synthetic_batches
+from .floor import inference_peak_bytes
 from .memory_row import MemoryRow, per_round_ratios
 from .report import group_shares, plot, write_csv
 from .rows import (CHECKPOINT, CHECKPOINT_PLACEMENT, MEMORY_METHODS, PRESETS,
@@ -67,6 +68,19 @@ def memory_parser(description: Optional[str] = None,
         seed_help="default: the config's randomness.seed (233)",
         data_help='a VOC-layout tree read with the config\'s train pipeline;'
         ' default: synthetic images and labels')
+    parser.add_argument(
+        '--micro-batch', nargs='+', type=positive_int, default=None,
+        metavar='M',
+        help='run each row with micro-batches of M samples through '
+        "mmengine's gradient accumulation (optim_wrapper "
+        'accumulative_counts = batch-size / M; the effective batch stays '
+        '--batch-size; each M must divide it); several values: a row per '
+        'value. Default: the whole batch in one step')
+    parser.add_argument(
+        '--anatomy', action='store_true',
+        help='one more step per row under the profiler: what is live at '
+        'its peak, by group, and which phase, module and op were running '
+        '(slow on a CPU)')
     parser.add_argument('--out', default=default_out, help='output folder')
     return parser
 
@@ -78,6 +92,12 @@ def parse_memory_args(argv: Optional[Sequence[str]] = None,
     parser = parser or memory_parser()
     args = check_run_arguments(parser, parser.parse_args(argv))
     args.eps = unique(args.eps)
+    micro = unique(args.micro_batch or [args.batch_size])
+    bad = [m for m in micro if args.batch_size % m]
+    if bad:
+        parser.error(f'--micro-batch {bad}: must divide --batch-size '
+                     f'{args.batch_size}')
+    args.micro_batch = micro
     return args
 
 
@@ -85,7 +105,7 @@ def rows_of(args: argparse.Namespace) -> List[BenchmarkRow]:
     """The rows ``args`` ask for, in run order."""
     return memory_rows(args.models, args.setups, args.methods, args.eps,
                        args.lean_backward, args.lean_loss, args.amp,
-                       args.preset)
+                       args.preset, args.micro_batch)
 
 
 def load_row_config(configs: str, model: str, setup: str, method: str,
@@ -136,7 +156,8 @@ def build_row(args, row: BenchmarkRow, configs: str) -> MemoryRow:
         cfg, batches, device, checkpoint=args.checkpoint, amp=row.amp,
         seed=seed,
         activation_checkpointing=(CHECKPOINT_PLACEMENT
-                                  if row.method == CHECKPOINT else None))
+                                  if row.method == CHECKPOINT else None),
+        micro_batch=row.micro_batch)
     run.warm_up()
     return run
 
@@ -227,6 +248,8 @@ def row_record(args, row: BenchmarkRow, measured: MemoryRow,
         eps=row.eps if is_low_rank(row.method) else None,
         lean_backward=row.lean_backward, lean_loss=row.lean_loss,
         amp=row.amp,
+        micro_batch=row.micro_batch,
+        accumulative_counts=measured.step.accumulative_counts,
         checkpointing=(CHECKPOINT_PLACEMENT if row.method == CHECKPOINT
                        else None),
         config=osp.relpath(measured.cfg.filename, repo),
@@ -265,10 +288,13 @@ def measure_table(args, rows: Sequence[BenchmarkRow], configs: str,
     """Build and warm up every row of one model and setup, time them
     round-robin, return their records; ``progress(row, steps)`` before
     (0 steps) and after each row's build (2 steps) and timed step (1)."""
-    measured = []
+    measured: List[MemoryRow] = []
+    anatomies: List[Optional[dict]] = []
     for row in rows:
         progress(row, 0)
-        measured.append(build_row(args, row, configs))
+        run = build_row(args, row, configs)
+        anatomies.append(run.anatomy().as_mib() if args.anatomy else None)
+        measured.append(run)
         progress(row, 2)
     for _ in range(args.iters):
         for row, run in zip(rows, measured):
@@ -281,11 +307,31 @@ def measure_table(args, rows: Sequence[BenchmarkRow], configs: str,
             progress(row, 1)
     ratios = per_round_ratios(
         [[m.step_s for m in run.measurements] for run in measured])
+    floors = {micro: floor_bytes(args, rows[0], configs, micro)
+              for micro in unique(row.micro_batch for row in rows)}
     records = []
-    for row, run, ratio in zip(rows, measured, ratios):
-        records.append(row_record(args, row, run, ratio, repo))
+    for row, run, ratio, anatomy in zip(rows, measured, ratios, anatomies):
+        record = row_record(args, row, run, ratio, repo)
+        floor = floors[row.micro_batch]
+        record.update(floor_mib=floor / MIB,
+                      peak_over_floor=run.peak_bytes / floor,
+                      peak_anatomy=anatomy)
+        records.append(record)
         run.close()
     return records
+
+
+def floor_bytes(args, row: BenchmarkRow, configs: str,
+                micro_batch: Optional[int]) -> int:
+    """The floor of ``row``'s model at one micro-batch
+    (:func:`~.floor.inference_peak_bytes`: plain MMSegmentation's no-grad
+    ``'tensor'`` forward, eval mode) on a synthetic batch of that size."""
+    cfg, _ = load_row_config(configs, row.model, row.setup, VANILLA,
+                             None, args.crop)
+    size = micro_batch or args.batch_size
+    data = next(synthetic_batches(size, args.crop,
+                                  cfg.model.decode_head.num_classes, 0))
+    return inference_peak_bytes(cfg, data, args.device)
 
 
 def run_memory_benchmark(args, configs: str, repo: str) -> List[dict]:

@@ -16,6 +16,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from ..peak_memory import PeakMemoryMeter
+from .anatomy import PeakAnatomy, peak_anatomy
+from .data import split_batch
 from .probe import StepMeasurement, StepProbe
 from .step import TrainingStep
 
@@ -32,6 +34,11 @@ class MemoryRow:
         amp: mixed precision (see :meth:`TrainingStep.from_config`).
         seed: the model's initialisation seed.
         activation_checkpointing: ``'block'``/``'segment'``, or None.
+        micro_batch: run each batch as micro-batches of this many samples
+            through gradient accumulation (None: the whole batch in one
+            ``train_step``); the peak and the times are then those of the
+            effective batch: from its first micro-batch's forward to the
+            optimizer step, gradients kept in between included.
 
     Attributes:
         seed: the initialisation seed.
@@ -48,15 +55,24 @@ class MemoryRow:
     def __init__(self, cfg, batches: Iterator[dict], device: torch.device,
                  checkpoint: Optional[str] = None, amp: bool = False,
                  seed: int = 0,
-                 activation_checkpointing: Optional[str] = None) -> None:
+                 activation_checkpointing: Optional[str] = None,
+                 micro_batch: Optional[int] = None) -> None:
         self.cfg = cfg
+        self.micro_batch = micro_batch
         self.seed = seed
         self.batches = batches
         self.device = device
+        first = next(batches)
+        size = len(first['inputs'])
+        counts = 1 if micro_batch is None else len(
+            split_batch(first, micro_batch))
+        self._first: Optional[dict] = first
+        self.batch_size = size
         self.step = TrainingStep.from_config(
             cfg, device, checkpoint=checkpoint, amp=amp, seed=seed,
             init_weights=False,
-            activation_checkpointing=activation_checkpointing)
+            activation_checkpointing=activation_checkpointing,
+            accumulative_counts=counts)
         # no graph walk through checkpointed modules: reading their saved
         # tensors would run the recomputation there, outside backward
         self.probe = StepProbe(self.step.model,
@@ -75,10 +91,22 @@ class MemoryRow:
         """The compressed (or counted) layers, by path."""
         return self.step.installed
 
+    def _next_batch(self) -> dict:
+        data, self._first = self._first, None
+        return next(self.batches) if data is None else data
+
+    def _effective_step(self, data: dict) -> None:
+        """One optimizer step on ``data``: one ``train_step``, or one per
+        micro-batch."""
+        if self.micro_batch is None:
+            self.step.run(data)
+        else:
+            self.step.run_accumulated(split_batch(data, self.micro_batch))
+
     def _run(self) -> StepMeasurement:
-        data = next(self.batches)
+        data = self._next_batch()
         with self.probe:
-            return self.probe.measure(lambda: self.step.run(data))
+            return self.probe.measure(lambda: self._effective_step(data))
 
     def warm_up(self) -> None:
         """One warm-up step (optimizer state created), then the peak of one
@@ -86,16 +114,24 @@ class MemoryRow:
         slows the step)."""
         from mmengine.registry import HOOKS
         self._run()
-        data = next(self.batches)
+        data = self._next_batch()
         meter = PeakMemoryMeter(self.device)
         with meter:
-            self.step.run(data)
+            self._effective_step(data)
         del data
         self.peak_bytes = int(meter.peak_bytes)
         hook_cfg = self.cfg.default_hooks.activation_memory
         # the warm-up's statistics go to a throwaway hook
         HOOKS.build(copy.deepcopy(hook_cfg)).record(self.step.model)
         self._memory_hook = HOOKS.build(copy.deepcopy(hook_cfg))
+
+    def anatomy(self) -> PeakAnatomy:
+        """One more (untimed) effective step, profiled: what is live at its
+        peak (:func:`~.anatomy.peak_anatomy`)."""
+        data = self._next_batch()
+        return peak_anatomy(lambda: self._effective_step(data),
+                            self.step.model,
+                            self.step.optim_wrapper.optimizer, self.device)
 
     def timed_step(self) -> StepMeasurement:
         """One timed and metered step; its layer statistics are recorded.

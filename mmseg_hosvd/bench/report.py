@@ -101,6 +101,9 @@ def method_label(record: dict) -> str:
         label += ', lean loss'
     if record.get('amp'):
         label += ', amp'
+    micro = record.get('micro_batch')
+    if micro is not None and micro != record.get('batch'):
+        label += f', micro-batch {micro}'
     return label
 
 
@@ -163,10 +166,13 @@ def markdown_table(records: Sequence[dict]) -> str:
 def comparison_table(records: Sequence[dict]) -> str:
     """GitHub markdown table comparing each record with the first record
     of its model and setup (a preset's first row, vanilla): step peak and
-    whole-step saved MiB, their ratios, and the per-round time ratio."""
+    whole-step saved MiB, their ratios, the floor (plain no-grad inference
+    of one micro-batch) and the peak over it, and the per-round time
+    ratio."""
     from tabulate import tabulate
     header = ['model', 'setup', 'row', 'step peak MiB', 'peak / first',
-              'step saved MiB', 'saved / first', 'time / first']
+              'step saved MiB', 'saved / first', 'floor MiB',
+              'peak / floor', 'time / first']
     firsts: dict = {}
     rows = []
     for r in records:
@@ -177,11 +183,35 @@ def comparison_table(records: Sequence[dict]) -> str:
             fmt(r['step_peak_mib'] / first['step_peak_mib'], 3),
             fmt(r['step_saved_mib_mean'], 1),
             fmt(r['step_saved_mib_mean'] / first['step_saved_mib_mean'], 3),
+            fmt(r.get('floor_mib'), 1),
+            fmt(r.get('peak_over_floor'), 2),
             fmt(r.get('step_time_ratio_per_round'))
         ])
     return tabulate(rows, headers=header, tablefmt='github',
                     disable_numparse=True,
                     colalign=['left'] * 3 + ['right'] * (len(header) - 3))
+
+
+def anatomy_table(records: Sequence[dict]) -> str:
+    """GitHub markdown table of the records' ``peak_anatomy`` (those
+    that have one): the peak's phase, module and op, and MiB live at it by
+    group."""
+    from tabulate import tabulate
+    rows = [r for r in records if r.get('peak_anatomy')]
+    groups = list(dict.fromkeys(
+        g for r in rows for g in r['peak_anatomy']['groups_mib']))
+    header = ['model', 'setup', 'row', 'peak MiB', 'phase', 'module',
+              'op'] + groups
+    table = []
+    for r in rows:
+        anatomy = r['peak_anatomy']
+        table.append([
+            r['model'], r['setup'], method_label(r),
+            fmt(anatomy['peak_mib'], 1), anatomy['phase'],
+            fmt(anatomy['module']), fmt(anatomy['op'])
+        ] + [fmt(anatomy['groups_mib'].get(g), 1) for g in groups])
+    return tabulate(table, headers=header, tablefmt='github',
+                    disable_numparse=True)
 
 
 def flatten(record: dict) -> dict:

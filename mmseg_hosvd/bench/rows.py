@@ -59,6 +59,8 @@ class BenchmarkRow:
         amp: bf16 autocast on the CPU, ``AmpOptimWrapper`` on CUDA.
         model: a key of :data:`~.configs.MODEL_CONFIGS`.
         setup: one of :data:`~.configs.SETUPS`.
+        micro_batch: samples per micro-batch of gradient accumulation
+            (None: the whole batch in one ``train_step``).
     """
     method: str
     eps: Optional[float] = None
@@ -67,10 +69,13 @@ class BenchmarkRow:
     amp: bool = False
     model: Optional[str] = None
     setup: Optional[str] = None
+    micro_batch: Optional[int] = None
 
-    def at(self, model: str, setup: str) -> 'BenchmarkRow':
-        """This row for ``model`` and ``setup``."""
-        return dataclasses.replace(self, model=model, setup=setup)
+    def at(self, model: str, setup: str,
+           micro_batch: Optional[int] = None) -> 'BenchmarkRow':
+        """This row for ``model``, ``setup`` and ``micro_batch``."""
+        return dataclasses.replace(self, model=model, setup=setup,
+                                   micro_batch=micro_batch)
 
 
 _VANILLA, _GRADIENT_FILTER, _HOSVD, _ASI = (
@@ -105,18 +110,22 @@ def memory_rows(models: Sequence[str], setups: Sequence[str],
                 methods: Sequence[str] = (), eps: Sequence[float] = (),
                 lean_backward: Sequence[str] = (DEFAULT_LEAN_BACKWARD, ),
                 lean_loss: Sequence[bool] = (False, ), amp: bool = False,
-                preset: Optional[str] = None) -> List[BenchmarkRow]:
+                preset: Optional[str] = None,
+                micro_batches: Sequence[Optional[int]] = (None, )
+                ) -> List[BenchmarkRow]:
     """The rows in run order: a preset's rows for every model and setup, or
     the cross product, the variants (lean_backward modes, lean loss off/on,
-    the amp twin) of one combination next to each other."""
+    the amp twin, the micro-batches) of one combination next to each
+    other."""
     pairs = list(itertools.product(models, setups))
     if preset is not None:
-        return [row.at(model, setup) for model, setup in pairs
-                for row in PRESETS[preset]]
+        return [row.at(model, setup, micro) for model, setup in pairs
+                for row in PRESETS[preset] for micro in micro_batches]
     amps = (False, True) if amp else (False, )
     return [
-        BenchmarkRow(method, e, lean, loss, twin, model, setup)
+        BenchmarkRow(method, e, lean, loss, twin, model, setup, micro)
         for model, setup in pairs for method in methods
         for e in (eps if is_low_rank(method) else [None])
         for lean in lean_backward for loss in lean_loss for twin in amps
+        for micro in micro_batches
     ]

@@ -16,6 +16,13 @@ freezes), the trainable modules run under ``torch.utils.checkpoint``
 :func:`~mmseg_hosvd.checkpointing.checkpoint_paths` of that placement);
 parameter names do not change.
 
+Gradient accumulation (``accumulative_counts=k``): the optim wrapper gets
+mmengine's ``accumulative_counts``, as a config with
+``optim_wrapper=dict(accumulative_counts=k)`` does; :meth:`TrainingStep.
+run_accumulated` runs the ``k`` micro-batches of one effective batch through
+``train_step``, the wrapper scaling each loss by ``1/k`` and stepping after
+the last.
+
 Mixed precision (``amp=True``): on CUDA the optim wrapper becomes mmengine's
 ``AmpOptimWrapper`` (float16, loss scaling); on the CPU, where
 ``AmpOptimWrapper`` refuses to run, a :class:`CPUBFloat16OptimWrapper`, i.e.
@@ -116,11 +123,15 @@ class TrainingStep:
         optim_wrapper: mmengine optim wrapper over ``model``'s parameters.
         compressions: what :func:`~mmseg_hosvd.compression.
             apply_compression` applied to ``model``.
+        accumulative_counts: micro-batches per optimizer step, as set in
+            ``optim_wrapper``.
     """
 
     def __init__(self, model: nn.Module, optim_wrapper: OptimWrapper,
-                 compressions: Sequence[AppliedCompression]):
+                 compressions: Sequence[AppliedCompression],
+                 accumulative_counts: int = 1):
         self.model = model
+        self.accumulative_counts = accumulative_counts
         self.optim_wrapper = optim_wrapper
         self.compressions = list(compressions)
         #: the installed layers of every compression, by path
@@ -137,8 +148,8 @@ class TrainingStep:
                     seed: Optional[int] = None,
                     init_weights: bool = True,
                     strict: bool = False,
-                    activation_checkpointing: Optional[str] = None
-                    ) -> 'TrainingStep':
+                    activation_checkpointing: Optional[str] = None,
+                    accumulative_counts: int = 1) -> 'TrainingStep':
         """Build everything from ``cfg``.
 
         Args:
@@ -159,9 +170,12 @@ class TrainingStep:
             activation_checkpointing: None, or the placement
                 (``'block'``, ``'segment'``) of the trainable modules
                 to checkpoint (see the module docstring).
+            accumulative_counts: micro-batches per optimizer step (the
+                optim wrapper's ``accumulative_counts``; default 1).
 
         Raises:
-            ValueError: an unknown ``activation_checkpointing`` placement.
+            ValueError: an unknown ``activation_checkpointing`` placement,
+                ``accumulative_counts`` below 1.
         """
         from mmengine.logging import MMLogger
         from mmengine.optim import build_optim_wrapper
@@ -172,6 +186,11 @@ class TrainingStep:
             raise ValueError('activation_checkpointing: expected None or '
                              f'one of {PLACEMENTS}, got '
                              f'{activation_checkpointing!r}')
+        if (isinstance(accumulative_counts, bool)
+                or not isinstance(accumulative_counts, int)
+                or accumulative_counts < 1):
+            raise ValueError('accumulative_counts: expected an int >= 1, '
+                             f'got {accumulative_counts!r}')
         device = torch.device(device)
         if seed is None:
             seed = (cfg.get('randomness') or {}).get('seed')
@@ -194,8 +213,10 @@ class TrainingStep:
         wrapper_cfg = copy.deepcopy(cfg.optim_wrapper)
         if amp:
             wrapper_cfg = amp_optim_wrapper_cfg(wrapper_cfg, device)
+        if accumulative_counts != 1:
+            wrapper_cfg['accumulative_counts'] = accumulative_counts
         optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
-        return cls(model, optim_wrapper, compressions)
+        return cls(model, optim_wrapper, compressions, accumulative_counts)
 
     # -- the step --------------------------------------------------------
     def prepare(self) -> None:
@@ -219,6 +240,25 @@ class TrainingStep:
         """
         self.prepare()
         return self.model.train_step(data, optim_wrapper=self.optim_wrapper)
+
+    def run_accumulated(self, micro_batches: Sequence[dict]
+                        ) -> List[Dict[str, torch.Tensor]]:
+        """One effective batch: :meth:`run` on each of its
+        :attr:`accumulative_counts` micro-batches; the optimizer steps
+        after the last (gradients accumulate in between).
+
+        Raises:
+            ValueError: not exactly :attr:`accumulative_counts`
+                micro-batches, or the wrapper is mid-accumulation.
+        """
+        counts = self.accumulative_counts
+        if len(micro_batches) != counts:
+            raise ValueError(f'run_accumulated: expected {counts} '
+                             f'micro-batch(es), got {len(micro_batches)}')
+        if self.optim_wrapper.inner_count % counts:
+            raise ValueError('run_accumulated: the optim wrapper is in the '
+                             'middle of an accumulation')
+        return [self.run(data) for data in micro_batches]
 
     def gradients(self, data: dict) -> Dict[str, torch.Tensor]:
         """The gradients of one forward/backward on ``data`` (no optimizer
