@@ -63,6 +63,7 @@ import time
 import mmseg_hosvd.engine  # noqa: F401  (mmcv.ops fallback, hooks)
 from mmseg_hosvd.bench.memory import (memory_parser, parse_memory_args,
                                       rows_of, run_memory_benchmark)
+from mmseg_hosvd.bench.frontier import budget_table
 from mmseg_hosvd.bench.report import (anatomy_table, comparison_table,
                                       markdown_table)
 from mmseg_hosvd.bench.rows import CHECKPOINT_PLACEMENT
@@ -90,6 +91,9 @@ def main() -> None:
     print(markdown_table(records))
     print()
     print(comparison_table(records))
+    if len(args.micro_batch) > 1:
+        print()
+        print(budget_table(records, args.budgets))
     if args.anatomy:
         print()
         print(anatomy_table(records))
@@ -106,7 +110,8 @@ def main() -> None:
           f'checkpoint = the vanilla config with its '
           f'trainable modules under torch.utils.checkpoint, one per '
           f'{CHECKPOINT_PLACEMENT}. Weights: {init}; data: {data}.')
-    print(f'results: {args.out}/results.json, results.csv, memory.png '
+    print(f'results: {args.out}/results.json, results.csv, memory.png'
+          f'{", frontier.png" if len(args.micro_batch) > 1 else ""} '
           f'(wall time {time.time() - start:.0f} s)')
 
 

@@ -28,6 +28,7 @@ from .arguments import (add_run_arguments, add_selection_arguments,
 from .configs import MODEL_CONFIGS, SETUPS, leaf_config_path, load_leaf_config
 from .data import dataset_batches, synthetic_batches
 from .floor import inference_peak_bytes
+from .frontier import BUDGETS_MIB, frontier_plot
 from .memory_row import MemoryRow, per_round_ratios
 from .report import group_shares, plot, write_csv
 from .rows import (CHECKPOINT, CHECKPOINT_PLACEMENT, MEMORY_METHODS, PRESETS,
@@ -61,7 +62,9 @@ def memory_parser(description: Optional[str] = None,
         'gradient filter, hosvd 0.8 exact, hosvd 0.8 all + lean loss, asi '
         '0.8 all + lean loss, hosvd 0.8 all + lean loss amp; '
         'which-to-pick-short: its vanilla, checkpoint, vanilla amp and the '
-        'two hosvd all + lean loss rows)')
+        'two hosvd all + lean loss rows; frontier: vanilla, checkpoint, '
+        'vanilla amp, hosvd 0.8 and asi 0.8 all + lean loss, to run with '
+        '--micro-batch 1 2 4 8)')
     add_run_arguments(
         parser, crop=512, iters=10,
         iters_help='measured iterations, after one warm-up', seed=None,
@@ -81,6 +84,11 @@ def memory_parser(description: Optional[str] = None,
         help='one more step per row under the profiler: what is live at '
         'its peak, by group, and which phase, module and op were running '
         '(slow on a CPU)')
+    parser.add_argument(
+        '--budgets', nargs='+', type=float, default=list(BUDGETS_MIB),
+        metavar='MIB',
+        help='with several --micro-batch values: the step-peak budgets of '
+        'the "fastest that fits" table')
     parser.add_argument('--out', default=default_out, help='output folder')
     return parser
 
@@ -365,4 +373,6 @@ def run_memory_benchmark(args, configs: str, repo: str) -> List[dict]:
                 json.dump(records, f, indent=2)
     write_csv(records, osp.join(args.out, 'results.csv'))
     plot(records, osp.join(args.out, 'memory.png'))
+    if len(args.micro_batch) > 1:
+        frontier_plot(records, osp.join(args.out, 'frontier.png'))
     return records

@@ -12,7 +12,9 @@ MMSegmentation already offer
 (activation checkpointing, mixed precision) beside the compression methods
 in their default and best modes; ``which-to-pick-short`` keeps five of its
 rows (vanilla, checkpointing, vanilla AMP, HOSVD in its leanest mode, with
-and without AMP).
+and without AMP); ``frontier`` puts the plain tools (vanilla,
+checkpointing, vanilla AMP) beside HOSVD and ASI in their leanest mode, to
+be run at several micro-batches.
 """
 import dataclasses
 import itertools
@@ -102,6 +104,15 @@ PRESETS: Dict[str, Tuple[BenchmarkRow, ...]] = {
         BenchmarkRow(_VANILLA, amp=True, **_OFF),
         BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
         BenchmarkRow(_HOSVD, 0.8, amp=True, **_LEANEST),
+    ),
+    # the frontier: plain tools against the plugin's best modes (run with
+    # --micro-batch 1 2 4 8)
+    'frontier': (
+        BenchmarkRow(_VANILLA, **_OFF),
+        BenchmarkRow(CHECKPOINT, **_OFF),
+        BenchmarkRow(_VANILLA, amp=True, **_OFF),
+        BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
+        BenchmarkRow(_ASI, 0.8, **_LEANEST),
     ),
 }
 
