@@ -206,3 +206,24 @@ def test_segformer_finetune_configs_install_on_the_camvid_model(depth):
                 'vanilla' if tag == 'gradient-filter' else config.method)
         else:
             assert kinds == {CompressedConv2d}
+
+
+def test_micro_batch_keeps_the_optimizer_steps(tmp_path):
+    """--micro-batch 2 of a batch-8 fine-tune: 4 micro-batches per
+    optimizer step, and every iteration count 4 times longer, so that the
+    optimizer takes the same 100 steps on the same effective batches."""
+    from mmseg_hosvd.camvid.configs import run_cfg, set_micro_batch
+    config = finetune_config(CAMVID_CONFIGS, 'fcn', '10l', 'hosvd-eps0.8')
+    plain = run_cfg(config, str(tmp_path), str(tmp_path / 'a'), 0, None)
+    micro = run_cfg(config, str(tmp_path), str(tmp_path / 'b'), 0, None,
+                    micro_batch=2)
+    assert plain.train_dataloader.batch_size == 8
+    assert micro.train_dataloader.batch_size == 2
+    assert micro.optim_wrapper.accumulative_counts == 4
+    assert micro.train_cfg.max_iters == 4 * plain.train_cfg.max_iters
+    assert [(s.begin, s.end) for s in micro.param_scheduler] == [
+        (4 * s.begin, 4 * s.end) for s in plain.param_scheduler]
+    assert (micro.default_hooks.checkpoint.interval ==
+            4 * plain.default_hooks.checkpoint.interval)
+    with pytest.raises(ValueError, match='micro_batch 3 does not divide'):
+        set_micro_batch(plain, 3)

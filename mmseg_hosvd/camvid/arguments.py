@@ -71,6 +71,12 @@ def experiment_parser(description: Optional[str] = None
                         help="override the pretraining configs' iterations")
     parser.add_argument('--finetune-iters', type=int, default=None,
                         help="override the fine-tuning configs' iterations")
+    parser.add_argument('--micro-batch', type=int, default=None,
+                        help='fine-tune with micro-batches of this many '
+                        "samples through mmengine's gradient accumulation "
+                        '(the same effective batch and optimizer steps; '
+                        'iterations and schedule scaled); it must divide '
+                        'the configs\' batch')
     parser.add_argument('--profile-iters', type=int, default=3,
                         help='training iterations (after the first) whose '
                         'whole-step saved bytes are measured')
@@ -102,6 +108,8 @@ def parse_experiment_args(argv: Optional[Sequence[str]], repo: str,
     args.seeds = list(dict.fromkeys(args.seeds))
     if not 0 <= args.seeds_5l <= len(args.seeds):
         parser.error(f'--seeds-5l must be in [0, {len(args.seeds)}]')
+    if args.micro_batch is not None and args.micro_batch < 1:
+        parser.error('--micro-batch must be >= 1')
     for name, least in (('pretrain_iters', 2), ('finetune_iters', 2),
                         ('profile_iters', 1), ('threads', 1)):
         value = getattr(args, name)

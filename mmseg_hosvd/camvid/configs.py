@@ -78,6 +78,33 @@ def set_schedule(cfg, iters: int) -> None:
     cfg.default_hooks.checkpoint.interval = iters
 
 
+def set_micro_batch(cfg, micro_batch: int) -> None:
+    """Train with micro-batches of ``micro_batch`` samples through
+    gradient accumulation: the dataloader's batch ``B`` becomes
+    ``micro_batch``, ``optim_wrapper.accumulative_counts`` ``B /
+    micro_batch``, and every iteration count (``max_iters``, the
+    schedulers' bounds, validation and checkpoint intervals) is multiplied
+    by it, so that the optimizer takes the same steps on the same
+    effective batches.
+
+    Raises:
+        ValueError: ``micro_batch`` does not divide ``B``.
+    """
+    batch = cfg.train_dataloader.batch_size
+    if micro_batch < 1 or batch % micro_batch:
+        raise ValueError(f'micro_batch {micro_batch} does not divide the '
+                         f'batch of {batch}')
+    counts = batch // micro_batch
+    cfg.train_dataloader.batch_size = micro_batch
+    cfg.optim_wrapper.accumulative_counts = counts
+    cfg.train_cfg.max_iters *= counts
+    cfg.train_cfg.val_interval *= counts
+    cfg.default_hooks.checkpoint.interval *= counts
+    for scheduler in cfg.param_scheduler:
+        scheduler.begin *= counts
+        scheduler.end *= counts
+
+
 def set_data(cfg, data_root: str, smoke: bool = False,
              ann_file: Optional[str] = None) -> None:
     """Point every dataloader at ``data_root`` (absolute, so that the
@@ -103,9 +130,11 @@ def set_data(cfg, data_root: str, smoke: bool = False,
 
 
 def run_cfg(path: str, data_root: str, work_dir: str, seed: int,
-            iters: Optional[int], smoke: bool = False):
+            iters: Optional[int], smoke: bool = False,
+            micro_batch: Optional[int] = None):
     """The training config of one run: data, schedule (``iters``; smoke:
-    :data:`SMOKE`'s), work_dir, seed; validation only after training."""
+    :data:`SMOKE`'s), micro-batches (:func:`set_micro_batch`), work_dir,
+    seed; validation only after training."""
     from mmengine.config import Config
     cfg = Config.fromfile(path)
     set_data(cfg, data_root, smoke)
@@ -113,6 +142,8 @@ def run_cfg(path: str, data_root: str, work_dir: str, seed: int,
         iters = SMOKE['iters']
     if iters is not None:
         set_schedule(cfg, iters)
+    if micro_batch is not None:
+        set_micro_batch(cfg, micro_batch)
     cfg.work_dir = work_dir
     cfg.randomness = dict(seed=seed)
     cfg.resume = False

@@ -139,6 +139,8 @@ class Experiment:
         args = self.args
         config = self.config(finetune_config, model, depth, tag)
         name = f'{stem(config)}_seed{seed}'
+        if args.micro_batch is not None:
+            name += f'_micro{args.micro_batch}'
         work_dir = osp.join(args.out, 'runs', name)
         record_path = osp.join(work_dir, 'result.json')
         if osp.isfile(record_path) and not args.force:
@@ -151,7 +153,8 @@ class Experiment:
             shutil.rmtree(work_dir)
         self.log(f'[finetune] {name}')
         cfg = run_cfg(config, args.data_root, work_dir, seed,
-                      args.finetune_iters, smoke=args.smoke)
+                      args.finetune_iters, smoke=args.smoke,
+                      micro_batch=args.micro_batch)
         cfg.load_from = start_ckpt
         trained = self.train(cfg, name)
         record = self.finetune_record(model, depth, tag, seed, config,
@@ -179,6 +182,7 @@ class Experiment:
         return dict(
             kind='finetune', model=model, label=MODELS[model][2],
             depth=depth, tag=tag, method=method, eps=eps, seed=seed,
+            micro_batch=self.args.micro_batch,
             config=self.rel(config), work_dir=self.rel(work_dir),
             checkpoint=self.rel(trained['checkpoint']),
             dumped_config=self.rel(trained['config']),
