@@ -35,6 +35,7 @@ from mmengine.registry import OPTIM_WRAPPERS
 from ..checkpointing import PLACEMENTS, checkpoint_modules, checkpoint_paths
 from ..compression import (AppliedCompression, CompressionConfig,
                            apply_compression)
+from ..step_in_backward import StepInBackward, install_step_in_backward
 
 #: the optim wrapper types ``amp=True`` may replace
 PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
@@ -116,13 +117,17 @@ class TrainingStep:
         optim_wrapper: mmengine optim wrapper over ``model``'s parameters.
         compressions: what :func:`~mmseg_hosvd.compression.
             apply_compression` applied to ``model``.
+        step_in_backward: the in-backward optimizer steps
+            (``step_in_backward=True`` in a compression config), or None.
     """
 
     def __init__(self, model: nn.Module, optim_wrapper: OptimWrapper,
-                 compressions: Sequence[AppliedCompression]):
+                 compressions: Sequence[AppliedCompression],
+                 step_in_backward: Optional[StepInBackward] = None):
         self.model = model
         self.optim_wrapper = optim_wrapper
         self.compressions = list(compressions)
+        self.step_in_backward = step_in_backward
         #: the installed layers of every compression, by path
         self.installed: Dict[str, nn.Module] = {
             path: layer for applied in self.compressions
@@ -195,7 +200,10 @@ class TrainingStep:
         if amp:
             wrapper_cfg = amp_optim_wrapper_cfg(wrapper_cfg, device)
         optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
-        return cls(model, optim_wrapper, compressions)
+        in_backward = None
+        if any(applied.config.step_in_backward for applied in compressions):
+            in_backward = install_step_in_backward(model, optim_wrapper)
+        return cls(model, optim_wrapper, compressions, in_backward)
 
     # -- the step --------------------------------------------------------
     def prepare(self) -> None:
@@ -229,7 +237,11 @@ class TrainingStep:
             batch = self.model.data_preprocessor(data, True)
             losses = self.model(**batch, mode='loss')
         loss, _ = self.model.parse_losses(losses)
-        self.optim_wrapper.backward(loss)
+        if self.step_in_backward is None:
+            self.optim_wrapper.backward(loss)
+        else:
+            with self.step_in_backward.suspended():  # keep the gradients
+                self.optim_wrapper.backward(loss)
         grads = {
             name: param.grad.detach().float().clone()
             for name, param in self.model.named_parameters()
