@@ -32,12 +32,22 @@ needs every gradient), an optimizer not known to be per-parameter
 (``LBFGS``, a custom class), a distributed run (DDP averages the
 gradients over ranks after the local backward has produced them).
 
+The hook fires once per parameter and backward, after every use of the
+parameter has added to its gradient; a weight whose gradient is
+accumulated in several passes of one backward (shared by two reentrant
+``torch.utils.checkpoint`` segments) would be stepped on part of it
+(mmseg's segmentors share no weights).
+
 Non-finite gradients: a step cannot be skipped once the parameters
 backward reached first have been updated, so each gradient is checked
 before its own step (``check_finite``) and a non-finite one raises
 ``FloatingPointError`` naming the parameter and those already stepped in
 this backward; a run must use ``non_finite='raise'``
-(:class:`~mmseg_hosvd.compression.CompressionConfig` checks it).
+(:class:`~mmseg_hosvd.compression.CompressionConfig` checks it). When the
+first gradient of a backward is non-finite (nothing stepped yet), the
+optimizer's step pre-hooks run first with no gradient (a step that
+changes nothing), so that a ``NonFiniteStepGuardHook`` raises as in a
+normal step, naming the non-finite input batch, loss or layer input.
 """
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Union
@@ -126,6 +136,8 @@ class StepInBackward:
             return
         name = self._names[id(param)]
         if self.check_finite and not bool(torch.isfinite(param.grad).all()):
+            if not self.stepped:
+                self._step_without_gradient(param)
             raise FloatingPointError(self._non_finite_message(name))
         others = [self._names.get(id(p), '?') for p in self._all_params
                   if p is not param and p.grad is not None]
@@ -145,6 +157,19 @@ class StepInBackward:
         param.grad = None
         self.stepped.append(name)
 
+    def _step_without_gradient(self, param: nn.Parameter) -> None:
+        """An optimizer step with no ``.grad`` (it changes nothing), so
+        that its step pre-hooks see this backward before any parameter
+        changed: a step guard (``NonFiniteStepGuardHook``) then raises
+        naming the non-finite input batch, loss or layer input."""
+        grad, param.grad = param.grad, None
+        self._stepping = True
+        try:
+            self.optimizer.step()
+        finally:
+            self._stepping = False
+            param.grad = grad
+
     def _non_finite_message(self, name: str) -> str:
         done = (f'{len(self.stepped)} parameter(s) whose gradients came '
                 f'earlier in this backward were already updated '
@@ -152,8 +177,7 @@ class StepInBackward:
                 f'{", ..." if len(self.stepped) > 5 else ""}); resume from '
                 'the last checkpoint' if self.stepped else
                 'no parameter was updated in this backward (weights '
-                'unchanged): look for a non-finite input batch, loss or '
-                'layer input')
+                'unchanged)')
         return (f'{KEY}: non-finite gradient of {name!r} before its '
                 f'optimizer step; {done}')
 

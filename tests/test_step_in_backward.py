@@ -13,6 +13,7 @@ from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict
 from mmengine.runner import Runner
 
 from conftest import CONFIGS, tiny_run_cfg
+from test_bad_data import PoisonHook
 from mmseg_hosvd.bench import (TrainingStep, load_leaf_config,
                                synthetic_batches)
 from mmseg_hosvd.compression import CompressionConfig
@@ -124,6 +125,24 @@ def test_non_finite_gradient_raises_naming_the_parameter():
     handle.remove()
 
 
+def test_non_finite_first_gradient_lets_step_pre_hooks_see_it_first():
+    """A NaN loss: every gradient is NaN; before raising, the optimizer's
+    step pre-hooks (a step guard's) run once with no gradient set."""
+    model = two_linears()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+        [p.grad is None for p in model.parameters()]))
+    install_step_in_backward(model, optimizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.randn(5, 4)).sum() * torch.tensor(float('nan'))
+    with pytest.raises(FloatingPointError,
+                       match='no parameter was updated in this backward'):
+        loss.backward()
+    assert seen == [[True] * 4]
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+
+
 def test_gradient_kept_from_an_earlier_backward_is_refused():
     model = two_linears()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -215,7 +234,7 @@ class ParamsAtEnd(Hook):
                        for n, p in runner.model.named_parameters()}
 
 
-def runner_run(tmp_path, tiny_voc, step_in_backward):
+def make_runner(tmp_path, tiny_voc, step_in_backward, hook, max_iters=2):
     base = leaf(step_in_backward)
     cfg = Config.fromfile(
         f'{CONFIGS}/fcn/fcn_r18-d8_5l-hosvd-eps0.8_1xb8-20k_voc12aug-'
@@ -224,10 +243,15 @@ def runner_run(tmp_path, tiny_voc, step_in_backward):
     cfg.default_hooks.compression = copy.deepcopy(
         base.default_hooks.compression)
     cfg = tiny_run_cfg(cfg, str(tmp_path / str(step_in_backward)), tiny_voc,
-                       max_iters=2, batch_size=1, val=False)
+                       max_iters=max_iters, batch_size=1, val=False)
     runner = Runner.from_cfg(cfg)
+    runner.register_hook(hook)
+    return runner
+
+
+def runner_run(tmp_path, tiny_voc, step_in_backward):
     record = ParamsAtEnd()
-    runner.register_hook(record)
+    runner = make_runner(tmp_path, tiny_voc, step_in_backward, record)
     runner.train()
     return runner, record
 
@@ -252,3 +276,27 @@ def test_runner_steps_inside_backward_as_it_would_after(tmp_path, tiny_voc):
         if not torch.equal(fused.params[name], fused.start[name]):
             moved.add(name)
     assert moved == fused.trainable and moved
+
+
+@pytest.mark.slow
+def test_runner_nan_input_raises_before_any_parameter_changed(tmp_path,
+                                                              tiny_voc):
+    """The step guard (non_finite='raise') still names a NaN input batch
+    and layer input at the first in-backward step, before any update."""
+    poison = PoisonHook({1: float('nan')})
+    runner = make_runner(tmp_path, tiny_voc, True, poison, max_iters=3)
+    with pytest.raises(FloatingPointError) as error:
+        runner.train()
+    message = str(error.value)
+    assert 'iteration 2 on rank(s) 0' in message, message
+    assert 'the input batch' in message, message
+    assert "CompressedConv2d 'backbone.layer4.1.conv1'" in message, message
+    assert 'the optimizer step was not taken' in message, message
+    assert runner.iter == 1
+    assert len(poison.params) == 2  # before training, after iteration 1
+    trainable = {n: p for n, p in runner.model.named_parameters()
+                 if p.requires_grad}
+    for name, param in trainable.items():  # as after iteration 1
+        assert torch.equal(param, poison.params[-1][name]), name
+    assert any(not torch.equal(param, poison.params[0][name])
+               for name, param in trainable.items())  # iteration 1 stepped
