@@ -88,6 +88,14 @@ class CompressionConfig:
             :mod:`mmseg_hosvd.lean_backward`); folding needs ``norm_eval``.
         lean_loss: the heads' resize + cross-entropy without
             full-resolution tensors (:mod:`mmseg_hosvd.lean_loss`).
+        step_in_backward: take the optimizer step inside backward, one
+            parameter at a time, freeing each gradient after its step
+            (:mod:`mmseg_hosvd.step_in_backward`; installed with the
+            optimizer by :class:`~mmseg_hosvd.engine.
+            ActivationCompressionHook` or :class:`~mmseg_hosvd.bench.
+            TrainingStep`, not by :func:`apply_compression`). Exactly the
+            normal step; needs ``non_finite='raise'`` (a step cannot be
+            skipped once earlier parameters were stepped).
 
     Raises:
         ValueError: naming the key and the bad value; also when the config
@@ -110,6 +118,7 @@ class CompressionConfig:
     non_finite: str = 'skip'
     lean_backward: str = 'exact'
     lean_loss: bool = False
+    step_in_backward: bool = False
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
@@ -153,6 +162,7 @@ class CompressionConfig:
         self._check_trace_size()
         self._check_layer_entries()
         self._check_num_layers()
+        self._check_step_in_backward()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen field
@@ -201,6 +211,17 @@ class CompressionConfig:
                 'to compress (no layers and no num_layers, or layers=[]); '
                 'list the module paths in layers=[...] or set num_layers=N'
                 " (method='vanilla' with a freeze list only freezes)")
+
+    def _check_step_in_backward(self) -> None:
+        if not isinstance(self.step_in_backward, bool):
+            raise ValueError('step_in_backward: expected True or False, got '
+                             f'{self.step_in_backward!r}')
+        if self.step_in_backward and self.non_finite != 'raise':
+            raise ValueError(
+                "step_in_backward: needs non_finite='raise', got "
+                f'non_finite={self.non_finite!r}: a step with a non-finite '
+                'gradient cannot be skipped once the parameters backward '
+                'reached first have been stepped')
 
     def subspace_tracker(self) -> SubspaceTracker:
         """A new ``asi`` state holder for this config."""

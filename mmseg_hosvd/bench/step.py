@@ -42,6 +42,7 @@ from mmengine.registry import OPTIM_WRAPPERS
 from ..checkpointing import PLACEMENTS, checkpoint_modules, checkpoint_paths
 from ..compression import (AppliedCompression, CompressionConfig,
                            apply_compression)
+from ..step_in_backward import StepInBackward, install_step_in_backward
 
 #: the optim wrapper types ``amp=True`` may replace
 PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
@@ -125,15 +126,19 @@ class TrainingStep:
             apply_compression` applied to ``model``.
         accumulative_counts: micro-batches per optimizer step, as set in
             ``optim_wrapper``.
+        step_in_backward: the in-backward optimizer steps
+            (``step_in_backward=True`` in a compression config), or None.
     """
 
     def __init__(self, model: nn.Module, optim_wrapper: OptimWrapper,
                  compressions: Sequence[AppliedCompression],
-                 accumulative_counts: int = 1):
+                 accumulative_counts: int = 1,
+                 step_in_backward: Optional[StepInBackward] = None):
         self.model = model
         self.accumulative_counts = accumulative_counts
         self.optim_wrapper = optim_wrapper
         self.compressions = list(compressions)
+        self.step_in_backward = step_in_backward
         #: the installed layers of every compression, by path
         self.installed: Dict[str, nn.Module] = {
             path: layer for applied in self.compressions
@@ -216,7 +221,11 @@ class TrainingStep:
         if accumulative_counts != 1:
             wrapper_cfg['accumulative_counts'] = accumulative_counts
         optim_wrapper = build_optim_wrapper(model, wrapper_cfg)
-        return cls(model, optim_wrapper, compressions, accumulative_counts)
+        in_backward = None
+        if any(applied.config.step_in_backward for applied in compressions):
+            in_backward = install_step_in_backward(model, optim_wrapper)
+        return cls(model, optim_wrapper, compressions, accumulative_counts,
+                   in_backward)
 
     # -- the step --------------------------------------------------------
     def prepare(self) -> None:
@@ -269,7 +278,11 @@ class TrainingStep:
             batch = self.model.data_preprocessor(data, True)
             losses = self.model(**batch, mode='loss')
         loss, _ = self.model.parse_losses(losses)
-        self.optim_wrapper.backward(loss)
+        if self.step_in_backward is None:
+            self.optim_wrapper.backward(loss)
+        else:
+            with self.step_in_backward.suspended():  # keep the gradients
+                self.optim_wrapper.backward(loss)
         grads = {
             name: param.grad.detach().float().clone()
             for name, param in self.model.named_parameters()

@@ -11,6 +11,8 @@ from ..compression import (AppliedCompression, CompressionConfig,
                            apply_compression)
 from ..lean_backward import LeanBackward
 from ..ops import ASI
+from ..step_in_backward import KEY as STEP_IN_BACKWARD
+from ..step_in_backward import StepInBackward, install_step_in_backward
 from .guard_hook import NonFiniteStepGuardHook, step_guard
 
 #: key of the compression state (``asi`` ranks and bases) in checkpoints
@@ -45,8 +47,14 @@ class ActivationCompressionHook(Hook):
             CompressionConfig` (``method``, ``eps``, ``radius``, ``layers``,
             ``num_layers``, ``freeze``, ``norm_eval``, ``trace_size``,
             ``budget_mib``, ``seed``, ``init``, ``share_inputs``,
-            ``non_finite``, ``lean_backward``, ``lean_loss``), validated
-            when the hook is built.
+            ``non_finite``, ``lean_backward``, ``lean_loss``,
+            ``step_in_backward``), validated when the hook is built.
+
+    With ``step_in_backward``, ``before_train`` (the runner built
+    ``runner.optim_wrapper`` at the start of ``Runner.train()``, before
+    ``before_run``) makes every trainable parameter's optimizer step happen
+    inside backward (:func:`~mmseg_hosvd.step_in_backward.
+    install_step_in_backward`); ``after_train`` / ``after_run`` remove it.
 
     Attributes:
         config: the validated config.
@@ -58,6 +66,7 @@ class ActivationCompressionHook(Hook):
     def __init__(self, **config) -> None:
         self.config = CompressionConfig.from_dict(config)
         self.applied: Optional[AppliedCompression] = None
+        self.step_in_backward: Optional[StepInBackward] = None
 
     @property
     def lean(self) -> Optional[LeanBackward]:
@@ -107,6 +116,54 @@ class ActivationCompressionHook(Hook):
                 f'{self.config.non_finite!r} but {type(guard).__name__} has '
                 f'non_finite={guard.non_finite!r}; set one of them')
         return guard
+
+    def before_train(self, runner) -> None:
+        """With ``step_in_backward``: step each parameter inside backward.
+
+        Args:
+            runner (Runner): The runner of the training process.
+
+        Raises:
+            ValueError: naming ``step_in_backward``, where the step inside
+                backward could not be exact (a wrapped (DDP) model, several
+                optimizers, AMP, gradient accumulation, ``clip_grad`` by
+                norm, an optimizer that is not per-parameter).
+        """
+        if not self.config.step_in_backward or self.applied is None:
+            return
+        if is_model_wrapper(runner.model):
+            raise ValueError(
+                f'{STEP_IN_BACKWARD}: the model is wrapped in '
+                f'{type(runner.model).__name__}, which averages gradients '
+                'over ranks after the local backward; a per-parameter step '
+                'inside backward would use the local gradient')
+        self.step_in_backward = install_step_in_backward(
+            self.applied.model, runner.optim_wrapper)
+        runner.logger.info(
+            f'{type(self).__name__}: {STEP_IN_BACKWARD}: '
+            f'{len(self.step_in_backward.params)} parameter(s) stepped '
+            'inside backward, each gradient freed after its step')
+
+    def after_train(self, runner) -> None:
+        """Remove the in-backward steps.
+
+        Args:
+            runner (Runner): The runner of the training process.
+        """
+        self._remove_step_in_backward()
+
+    def after_run(self, runner) -> None:
+        """Remove the in-backward steps (also after a failed run).
+
+        Args:
+            runner (Runner): The runner of the training process.
+        """
+        self._remove_step_in_backward()
+
+    def _remove_step_in_backward(self) -> None:
+        if self.step_in_backward is not None:
+            self.step_in_backward.remove()
+            self.step_in_backward = None
 
     def before_train_iter(self,
                           runner,
