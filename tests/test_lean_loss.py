@@ -54,6 +54,44 @@ def test_function_matches_interpolate_cross_entropy(align_corners, weighted):
     assert not correct.requires_grad
 
 
+@pytest.mark.parametrize('rows', [1, 4, 23])
+def test_row_bands_give_the_same_loss_and_gradient(rows):
+    """Bands of ``rows`` output rows (1: one row at a time; 23: the whole
+    map) against interpolate + cross_entropy, in float64."""
+    torch.manual_seed(1)
+    logits = torch.randn(2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    labels = labels_with_ignore(2, (23, 29), 5)
+    up = F.interpolate(logits, (23, 29), mode='bilinear', align_corners=False)
+    ref = F.cross_entropy(up, labels, ignore_index=255, reduction='sum')
+    ref_grad, = torch.autograd.grad(ref, logits)
+    loss, correct = resize_cross_entropy(logits, labels, rows=rows)
+    grad, = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad, ref_grad)
+    assert int(correct) == int(((up.argmax(1) == labels) &
+                                (labels != 255)).sum())
+
+
+def test_row_bands_lower_the_peak():
+    """One sample, 21 classes, 256x256: the whole map holds (21, 256, 256)
+    float32 tensors (5.25 MiB each); bands of 16 rows a sixteenth."""
+    from mmseg_hosvd.peak_memory import PeakMemoryMeter
+    logits = torch.randn(1, 21, 32, 32, requires_grad=True)
+    labels = torch.randint(0, 21, (1, 256, 256))
+    peaks = {}
+    for rows in (16, 256):
+        meter = PeakMemoryMeter('cpu')
+        with meter:
+            loss, _ = resize_cross_entropy(logits, labels, rows=rows)
+            loss.backward()
+        logits.grad = None
+        peaks[rows] = meter.peak_bytes
+    assert peaks[256] > 2 * 21 * 256 * 256 * 4
+    assert peaks[16] < peaks[256] / 4
+    with pytest.raises(ValueError, match='rows must be a positive int'):
+        resize_cross_entropy(logits, labels, rows=0)
+
+
 def test_bfloat16_logits_upsample_in_float32():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 5, 5).bfloat16().requires_grad_()
