@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 
 from .compat import prepare_mmseg
+from .frozen_forward import (FrozenForward, check_frozen_chunk,
+                             install_frozen_forward, remove_frozen_forward)
 from .layer_paths import (classifier_paths, last_layer_paths,
                           layer_execution_order, resolve_layers)
 from .lean_backward import (LeanBackward, check_lean_backward,
@@ -88,6 +90,12 @@ class CompressionConfig:
             :mod:`mmseg_hosvd.lean_backward`); folding needs ``norm_eval``.
         lean_loss: the heads' resize + cross-entropy without
             full-resolution tensors (:mod:`mmseg_hosvd.lean_loss`).
+        frozen_chunk: None, or run each maximal frozen module in training
+            mode without grad on chunks of this many samples
+            (:mod:`mmseg_hosvd.frozen_forward`); needs ``norm_eval``.
+        fold_frozen_norms: frozen conv + eval BatchNorm pairs compute one
+            folded conv (:mod:`mmseg_hosvd.frozen_forward`); needs
+            ``norm_eval``.
 
     Raises:
         ValueError: naming the key and the bad value; also when the config
@@ -110,6 +118,8 @@ class CompressionConfig:
     non_finite: str = 'skip'
     lean_backward: str = 'exact'
     lean_loss: bool = False
+    frozen_chunk: Optional[int] = None
+    fold_frozen_norms: bool = False
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
@@ -153,6 +163,7 @@ class CompressionConfig:
         self._check_trace_size()
         self._check_layer_entries()
         self._check_num_layers()
+        self._check_frozen_forward()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen field
@@ -202,6 +213,18 @@ class CompressionConfig:
                 'list the module paths in layers=[...] or set num_layers=N'
                 " (method='vanilla' with a freeze list only freezes)")
 
+    def _check_frozen_forward(self) -> None:
+        check_frozen_chunk(self.frozen_chunk)
+        if not isinstance(self.fold_frozen_norms, bool):
+            raise ValueError('fold_frozen_norms: expected True or False, got '
+                             f'{self.fold_frozen_norms!r}')
+        for key in ('frozen_chunk', 'fold_frozen_norms'):
+            if getattr(self, key) not in (None, False) and not self.norm_eval:
+                raise ValueError(
+                    f'{key} and norm_eval=False are incompatible: BatchNorms'
+                    ' in training mode use batch statistics; set '
+                    f'norm_eval=True or turn {key} off')
+
     def subspace_tracker(self) -> SubspaceTracker:
         """A new ``asi`` state holder for this config."""
         return SubspaceTracker(budget_mib=self.budget_mib, seed=self.seed,
@@ -228,6 +251,7 @@ class AppliedCompression:
     requires_grad: Dict[str, bool] = field(default_factory=dict)
     lean_loss_installed: bool = False
     originals: Dict[str, nn.Module] = field(default_factory=dict)
+    frozen: Optional[FrozenForward] = None
 
     def set_norm_eval(self) -> None:
         """Put the BatchNorms back in eval mode (call after every
@@ -259,6 +283,8 @@ class AppliedCompression:
         modules, the compressed layers (the original ``nn.Conv2d`` /
         ``nn.Linear`` modules, which hold the same Parameters) and
         attention classes; restore each parameter's ``requires_grad``."""
+        if self.frozen is not None:
+            remove_frozen_forward(self.model, self.frozen)
         if self.lean_loss_installed:
             remove_lean_loss(self.model)
         remove_lean_backward(self.model, self.lean)
@@ -336,6 +362,10 @@ def apply_compression(model: nn.Module,
     if config.lean_loss:
         lean_loss_installed = type(model) is EncoderDecoder
         install_lean_loss(model)
+    frozen = install_frozen_forward(model, config.frozen_chunk,
+                                    config.fold_frozen_norms,
+                                    config.norm_eval)
     norms = batch_norms(model) if config.norm_eval else []
     return AppliedCompression(model, config, layers, lean, norms,
-                              requires_grad, lean_loss_installed, originals)
+                              requires_grad, lean_loss_installed, originals,
+                              frozen)
