@@ -7,12 +7,12 @@ at batch 8, 512x512) can exceed everything compression saves. Two exact
 options (up to float rounding) of :class:`~mmseg_hosvd.compression.
 CompressionConfig`:
 
-* ``frozen_chunk=N``: each maximal fully-frozen module (:func:`frozen_module
-  _paths`) called in training mode with no input that requires grad runs
-  under ``torch.no_grad()`` on ``N`` samples at a time; the outputs (a
-  tensor, or a tuple/list of tensors, batch first) are written into tensors
-  of the full batch allocated once (no list of pieces plus a ``torch.cat``
-  copy). Nothing there needs autograd (no parameter trains, no input needs a
+* ``frozen_chunk=N``: each maximal fully-frozen module
+  (:func:`frozen_module_paths`) called in training mode with no input that
+  requires grad runs under ``torch.no_grad()`` on ``N`` samples at a
+  time; the outputs (a tensor, or a tuple/list of tensors, batch first) are
+  written into tensors of the full batch allocated once (no list of pieces
+  plus a ``torch.cat`` copy). Nothing there needs autograd (no parameter trains, no input needs a
   gradient), so values and gradients are those of the plain forward. In eval
   mode, or when an input requires grad, the module runs unchanged.
   Exact only when every sample is computed on its own: a BatchNorm using
