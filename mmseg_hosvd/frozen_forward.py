@@ -12,9 +12,10 @@ CompressionConfig`:
   requires grad runs under ``torch.no_grad()`` on ``N`` samples at a
   time; the outputs (a tensor, or a tuple/list of tensors, batch first) are
   written into tensors of the full batch allocated once (no list of pieces
-  plus a ``torch.cat`` copy). Nothing there needs autograd (no parameter trains, no input needs a
-  gradient), so values and gradients are those of the plain forward. In eval
-  mode, or when an input requires grad, the module runs unchanged.
+  plus a ``torch.cat`` copy). Nothing there needs autograd (no parameter
+  trains, no input needs a gradient), so values and gradients are those of
+  the plain forward. In eval mode, or when an input requires grad, the
+  module runs unchanged.
   Exact only when every sample is computed on its own: a BatchNorm using
   batch statistics (training mode, or ``track_running_stats=False``) or a
   dropout / drop-path with ``p > 0`` in training mode is refused, naming
