@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 
 from .compat import prepare_mmseg
+from .frozen_forward import (FrozenForward, check_frozen_chunk,
+                             install_frozen_forward, remove_frozen_forward)
 from .layer_paths import (classifier_paths, last_layer_paths,
                           layer_execution_order, resolve_layers)
 from .lean_backward import (LeanBackward, check_lean_backward,
@@ -96,6 +98,12 @@ class CompressionConfig:
             TrainingStep`, not by :func:`apply_compression`). Exactly the
             normal step; needs ``non_finite='raise'`` (a step cannot be
             skipped once earlier parameters were stepped).
+        frozen_chunk: None, or run each maximal frozen module in training
+            mode without grad on chunks of this many samples
+            (:mod:`mmseg_hosvd.frozen_forward`); needs ``norm_eval``.
+        fold_frozen_norms: frozen conv + eval BatchNorm pairs compute one
+            folded conv (:mod:`mmseg_hosvd.frozen_forward`); needs
+            ``norm_eval``.
 
     Raises:
         ValueError: naming the key and the bad value; also when the config
@@ -119,6 +127,8 @@ class CompressionConfig:
     lean_backward: str = 'exact'
     lean_loss: bool = False
     step_in_backward: bool = False
+    frozen_chunk: Optional[int] = None
+    fold_frozen_norms: bool = False
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
@@ -163,6 +173,7 @@ class CompressionConfig:
         self._check_layer_entries()
         self._check_num_layers()
         self._check_step_in_backward()
+        self._check_frozen_forward()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen field
@@ -222,6 +233,17 @@ class CompressionConfig:
                 f'non_finite={self.non_finite!r}: a step with a non-finite '
                 'gradient cannot be skipped once the parameters backward '
                 'reached first have been stepped')
+    def _check_frozen_forward(self) -> None:
+        check_frozen_chunk(self.frozen_chunk)
+        if not isinstance(self.fold_frozen_norms, bool):
+            raise ValueError('fold_frozen_norms: expected True or False, got '
+                             f'{self.fold_frozen_norms!r}')
+        for key in ('frozen_chunk', 'fold_frozen_norms'):
+            if getattr(self, key) not in (None, False) and not self.norm_eval:
+                raise ValueError(
+                    f'{key} and norm_eval=False are incompatible: BatchNorms'
+                    ' in training mode use batch statistics; set '
+                    f'norm_eval=True or turn {key} off')
 
     def subspace_tracker(self) -> SubspaceTracker:
         """A new ``asi`` state holder for this config."""
@@ -249,6 +271,7 @@ class AppliedCompression:
     requires_grad: Dict[str, bool] = field(default_factory=dict)
     lean_loss_installed: bool = False
     originals: Dict[str, nn.Module] = field(default_factory=dict)
+    frozen: Optional[FrozenForward] = None
 
     def set_norm_eval(self) -> None:
         """Put the BatchNorms back in eval mode (call after every
@@ -280,6 +303,8 @@ class AppliedCompression:
         modules, the compressed layers (the original ``nn.Conv2d`` /
         ``nn.Linear`` modules, which hold the same Parameters) and
         attention classes; restore each parameter's ``requires_grad``."""
+        if self.frozen is not None:
+            remove_frozen_forward(self.model, self.frozen)
         if self.lean_loss_installed:
             remove_lean_loss(self.model)
         remove_lean_backward(self.model, self.lean)
@@ -357,6 +382,10 @@ def apply_compression(model: nn.Module,
     if config.lean_loss:
         lean_loss_installed = type(model) is EncoderDecoder
         install_lean_loss(model)
+    frozen = install_frozen_forward(model, config.frozen_chunk,
+                                    config.fold_frozen_norms,
+                                    config.norm_eval)
     norms = batch_norms(model) if config.norm_eval else []
     return AppliedCompression(model, config, layers, lean, norms,
-                              requires_grad, lean_loss_installed, originals)
+                              requires_grad, lean_loss_installed, originals,
+                              frozen)

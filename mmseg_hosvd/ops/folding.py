@@ -66,10 +66,14 @@ class NormFolding:
 
     Args:
         out_channels: the conv's output channels (the BatchNorm's width).
+        always: fold whenever the BatchNorm is in eval mode, also without
+            grad and whatever the sizes (a frozen conv and BatchNorm: one
+            output tensor instead of two in the forward).
     """
 
-    def __init__(self, out_channels: int) -> None:
+    def __init__(self, out_channels: int, always: bool = False) -> None:
         self.out_channels = out_channels
+        self.always = always
         self.norm: Optional['LeanBatchNorm2d'] = None
 
     def fold(self, norm: Optional['LeanBatchNorm2d']) -> None:
@@ -97,7 +101,7 @@ class NormFolding:
         norm = self.norm
         if norm is None or norm.training:
             return conv._conv_forward(input, conv.weight, conv.bias)
-        if folding_pays(conv, input):
+        if self.always or folding_pays(conv, input):
             weight, bias = fold_batch_norm(conv.weight, conv.bias, norm)
             return conv._conv_forward(input, weight, bias)
         return norm.normalize(
@@ -149,8 +153,10 @@ class NormFoldingConv2d(nn.Conv2d):
         return self.norm_folding.conv_forward(self, input)
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d) -> 'NormFoldingConv2d':
-        """A NormFoldingConv2d sharing ``conv``'s Parameter objects."""
+    def from_conv(cls, conv: nn.Conv2d,
+                  always: bool = False) -> 'NormFoldingConv2d':
+        """A NormFoldingConv2d sharing ``conv``'s Parameter objects
+        (``always``: see :class:`NormFolding`)."""
         folding = cls(conv.in_channels, conv.out_channels, conv.kernel_size,
                       stride=conv.stride, padding=conv.padding,
                       dilation=conv.dilation, groups=conv.groups,
@@ -158,6 +164,7 @@ class NormFoldingConv2d(nn.Conv2d):
                       padding_mode=conv.padding_mode, device='meta')
         folding.weight = conv.weight
         folding.bias = conv.bias
+        folding.norm_folding.always = always
         folding.train(conv.training)
         return folding
 
