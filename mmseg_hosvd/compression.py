@@ -233,6 +233,7 @@ class CompressionConfig:
                 f'non_finite={self.non_finite!r}: a step with a non-finite '
                 'gradient cannot be skipped once the parameters backward '
                 'reached first have been stepped')
+
     def _check_frozen_forward(self) -> None:
         check_frozen_chunk(self.frozen_chunk)
         if not isinstance(self.fold_frozen_norms, bool):
