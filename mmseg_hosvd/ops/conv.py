@@ -251,7 +251,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
         if spec.low_rank:
             output, stats = self._low_rank_forward(padded_input, weight, bias,
                                                    geometry)
-            self.last_stats = stats
+            self._set_stats(stats)
             return output
         output, stats = compressed_conv2d(padded_input,
                                           weight,
@@ -262,7 +262,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
                                           radius=self.radius,
                                           name=self.name,
                                           non_finite=self.non_finite)
-        self.last_stats = stats
+        self._set_stats(stats)
         return output
 
     def _low_rank_forward(self, input: Tensor, weight: Tensor,
