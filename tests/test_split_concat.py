@@ -23,7 +23,7 @@ from mmseg_hosvd.ops.folding import folding_pays
 from mmseg_hosvd.peak_memory import PeakMemoryMeter
 from mmseg_hosvd.split_concat import install_split_concat
 
-SIZE = 32
+SIZE = 24
 NORM = dict(type='BN', requires_grad=True)
 
 #: model -> (its decode head's keys, the paths of its concatenation convs)
@@ -358,11 +358,11 @@ def test_step_peak_is_lower_with_split_concat():
         wrapper = OptimWrapper(torch.optim.SGD(
             [p for p in model.parameters() if p.requires_grad], lr=0.01))
         step = TrainingStep(model, wrapper, [applied])
-        data = transformer_models.batch((128, 128), n=2)
+        data = transformer_models.batch((96, 96), n=2)
         step.run(data)  # the optimizer's state, allocator warm-up
         with PeakMemoryMeter('cpu') as meter:
             step.run(data)
         peaks[split] = meter.peak_bytes
-    # FCN keeps x (2, 64, 16, 16) for convs.0 anyway; split, conv_cat keeps
+    # FCN keeps x (2, 64, 12, 12) for convs.0 anyway; split, conv_cat keeps
     # no copy of it: at least that copy (float32) is off the peak
-    assert peaks[True] <= peaks[False] - 2 * 64 * 16 * 16 * 4, peaks
+    assert peaks[True] <= peaks[False] - 2 * 64 * 12 * 12 * 4, peaks
