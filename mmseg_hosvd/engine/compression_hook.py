@@ -45,8 +45,8 @@ class ActivationCompressionHook(Hook):
             CompressionConfig` (``method``, ``eps``, ``radius``, ``layers``,
             ``num_layers``, ``freeze``, ``norm_eval``, ``trace_size``,
             ``budget_mib``, ``seed``, ``init``, ``share_inputs``,
-            ``non_finite``, ``lean_backward``, ``lean_loss``), validated
-            when the hook is built.
+            ``non_finite``, ``lean_backward``, ``lean_loss``,
+            ``split_concat``), validated when the hook is built.
 
     Attributes:
         config: the validated config.

@@ -108,7 +108,8 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
 
     Attributes:
         last_stats: :class:`CompressionStats` of the latest compressed call
-            (None before).
+            (None before); inside :meth:`summing_stats`, of the block's
+            calls together.
         context: :class:`~.context.CompressionContext`: the module's own
             until :func:`~mmseg_hosvd.surgery.install_compression` gives all
             convs of a model one shared context (input sharing, ASI state).

@@ -97,8 +97,8 @@ class CompressedLayerMixin:
     @contextmanager
     def summing_stats(self) -> Iterator[None]:
         """A block whose calls read the parts of one input concatenated
-        along the channels (the layer's weight sliced to each part's
-        channels): ``last_stats`` is then one record of them all
+        along dim 1 (a conv's input channels; the weight sliced to each
+        part's channels): ``last_stats`` is then one record of them all
         (:func:`~.accounting.concatenated_stats`: kept bytes summed over
         the parts, each storage once), not the last call's. Left alone
         when no call inside compresses."""
