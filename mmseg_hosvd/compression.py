@@ -13,7 +13,9 @@ installs the compressed layers and the ``asi`` tracker
 (:func:`~mmseg_hosvd.surgery.install_compression`), the lean-backward
 modules (:func:`~mmseg_hosvd.lean_backward.install_lean_backward`) and,
 with ``lean_loss``, the lean-loss segmentor class
-(:func:`~mmseg_hosvd.lean_loss.install_lean_loss`). Every replacement
+(:func:`~mmseg_hosvd.lean_loss.install_lean_loss`) and, with
+``split_concat``, the split decode-head classes
+(:func:`~mmseg_hosvd.split_concat.install_split_concat`). Every replacement
 keeps the Parameter objects and ``state_dict`` keys, so an optimizer built
 before, a DDP wrapper built after, and checkpoints are unaffected.
 :class:`~mmseg_hosvd.engine.ActivationCompressionHook` is the mmengine
@@ -37,6 +39,8 @@ from .lean_loss import install_lean_loss, remove_lean_loss
 from .ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
                   SubspaceTracker, check_eps)
 from .ops.gradient_filter import check_radius
+from .split_concat import (SplitConcat, install_split_concat,
+                           remove_split_concat)
 from .surgery import (CompressedLayer, apply_freeze, batch_norms,
                       check_methods, check_trainable, compression_state_dict,
                       freeze_all_but, install_compression,
@@ -104,6 +108,11 @@ class CompressionConfig:
         fold_frozen_norms: frozen conv + eval BatchNorm pairs compute one
             folded conv (:mod:`mmseg_hosvd.frozen_forward`); needs
             ``norm_eval``.
+        split_concat: compute the decode heads' concatenation convs as sums
+            of per-branch convs, so the concatenation never exists
+            (:mod:`mmseg_hosvd.split_concat`): ``True`` for every head that
+            can be split, ``False``, or a list of head paths (each must be
+            splittable).
 
     Raises:
         ValueError: naming the key and the bad value; also when the config
@@ -129,6 +138,7 @@ class CompressionConfig:
     step_in_backward: bool = False
     frozen_chunk: Optional[int] = None
     fold_frozen_norms: bool = False
+    split_concat: Union[bool, Tuple[str, ...]] = False
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
@@ -153,6 +163,7 @@ class CompressionConfig:
         if not isinstance(self.lean_loss, bool):
             raise ValueError(
                 f'lean_loss: expected True or False, got {self.lean_loss!r}')
+        self._check_split_concat()
         if self.non_finite not in NON_FINITE_MODES:
             raise ValueError(f'non_finite: expected one of '
                              f'{NON_FINITE_MODES}, got {self.non_finite!r}')
@@ -177,6 +188,16 @@ class CompressionConfig:
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen field
+
+    def _check_split_concat(self) -> None:
+        value = self.split_concat
+        if isinstance(value, bool):
+            return
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(path, str) for path in value):
+            raise ValueError('split_concat: expected True, False or a list '
+                             f'of decode head paths, got {value!r}')
+        self._set('split_concat', tuple(value))
 
     def _check_trace_size(self) -> None:
         size = self.trace_size
@@ -273,6 +294,7 @@ class AppliedCompression:
     lean_loss_installed: bool = False
     originals: Dict[str, nn.Module] = field(default_factory=dict)
     frozen: Optional[FrozenForward] = None
+    split: SplitConcat = field(default_factory=SplitConcat)
 
     def set_norm_eval(self) -> None:
         """Put the BatchNorms back in eval mode (call after every
@@ -297,7 +319,8 @@ class AppliedCompression:
                 f'{verb}: {", ".join(self.layers)}; '
                 f'{len(self.trainable_parameter_names())} trainable '
                 f'parameter tensor(s); BN eval: {self.config.norm_eval}; '
-                f'{self.lean.summary()}; lean loss: {self.config.lean_loss}')
+                f'{self.lean.summary()}; lean loss: {self.config.lean_loss}; '
+                f'{self.split.summary()}')
 
     def remove(self) -> None:
         """Revert every swap: the lean-loss class, the lean-backward
@@ -306,6 +329,7 @@ class AppliedCompression:
         attention classes; restore each parameter's ``requires_grad``."""
         if self.frozen is not None:
             remove_frozen_forward(self.model, self.frozen)
+        remove_split_concat(self.model, self.split)
         if self.lean_loss_installed:
             remove_lean_loss(self.model)
         remove_lean_backward(self.model, self.lean)
@@ -387,6 +411,7 @@ def apply_compression(model: nn.Module,
                                     config.fold_frozen_norms,
                                     config.norm_eval)
     norms = batch_norms(model) if config.norm_eval else []
+    split = install_split_concat(model, config.split_concat)
     return AppliedCompression(model, config, layers, lean, norms,
                               requires_grad, lean_loss_installed, originals,
-                              frozen)
+                              frozen, split)

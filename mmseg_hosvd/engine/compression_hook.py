@@ -48,7 +48,8 @@ class ActivationCompressionHook(Hook):
             ``num_layers``, ``freeze``, ``norm_eval``, ``trace_size``,
             ``budget_mib``, ``seed``, ``init``, ``share_inputs``,
             ``non_finite``, ``lean_backward``, ``lean_loss``,
-            ``step_in_backward``), validated when the hook is built.
+            ``step_in_backward``, ``frozen_chunk``, ``fold_frozen_norms``,
+            ``split_concat``), validated when the hook is built.
 
     With ``step_in_backward``, ``before_train`` (the runner built
     ``runner.optim_wrapper`` at the start of ``Runner.train()``, before

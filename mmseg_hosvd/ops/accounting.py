@@ -152,6 +152,66 @@ def non_finite_stats(method: str, input_shape: Tuple[int, ...],
                             non_finite=True)
 
 
+def concatenated_stats(parts: Sequence['CompressionStats'],
+                       dim: int = 1) -> 'CompressionStats':
+    """One layer's stats from the stats of its calls on the parts of one
+    input concatenated along ``dim`` (a conv computed as the sum of convs
+    over slices of its input channels, see
+    :meth:`~.layer_base.CompressedLayerMixin.summing_stats`).
+
+    ``input_shape`` is the concatenation's, ``paper_elements`` the sum,
+    ``kept_bytes`` the parts' distinct storages (each once), ``ranks`` the
+    elementwise sum (the ranks of the block-diagonal form of the parts'
+    factors; ``()`` where the parts have different numbers of ranks),
+    ``reused`` whether every part reused another layer's factors,
+    ``non_finite`` whether any part was (no host synchronisation).
+
+    Raises:
+        ValueError: no parts, different methods, or shapes that differ
+            other than along ``dim``.
+    """
+    if not parts:
+        raise ValueError('concatenated_stats: no stats to concatenate')
+    shapes = [tuple(p.input_shape) for p in parts]
+    first = shapes[0]
+    if len({p.method for p in parts}) > 1 or any(
+            len(s) != len(first) or s[:dim] != first[:dim]
+            or s[dim + 1:] != first[dim + 1:] for s in shapes):
+        raise ValueError(f'concatenated_stats: calls of methods '
+                         f'{[p.method for p in parts]} on shapes {shapes} '
+                         f'are not parts of one input along dim {dim}')
+    shape = first[:dim] + (sum(s[dim] for s in shapes), ) + first[dim + 1:]
+    ranks: Tuple[int, ...] = ()
+    if len({len(p.ranks) for p in parts}) == 1:
+        ranks = tuple(sum(r) for r in zip(*(p.ranks for p in parts)))
+    keys = {}
+    for part in parts:
+        for key in part.storage_keys:
+            keys[key[:2]] = key
+    return CompressionStats(method=parts[0].method,
+                            input_shape=shape,
+                            paper_elements=sum(p.paper_elements
+                                               for p in parts),
+                            kept_bytes=distinct_kept_bytes(parts),
+                            ranks=ranks,
+                            storage_keys=tuple(keys.values()),
+                            reused=all(p.reused for p in parts),
+                            non_finite=_any_flag(
+                                [p.non_finite for p in parts]))
+
+
+def _any_flag(flags: Sequence[Union[bool, Tensor]]) -> Union[bool, Tensor]:
+    """Whether any flag is set: a bool, or a 0-d bool tensor (not read)
+    where some flags are tensors and no bool is set."""
+    if any(flag is True for flag in flags):
+        return True
+    pending = [flag for flag in flags if isinstance(flag, Tensor)]
+    if not pending:
+        return False
+    device = pending[0].device
+    return torch.stack([f.to(device) for f in pending]).any()
+
+
 def distinct_kept_bytes(stats: Sequence['CompressionStats']) -> int:
     """Total ``kept_bytes`` of ``stats`` with each storage counted once
     (stats without ``storage_keys`` count their ``kept_bytes`` as is)."""

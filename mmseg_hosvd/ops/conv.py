@@ -108,7 +108,8 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
 
     Attributes:
         last_stats: :class:`CompressionStats` of the latest compressed call
-            (None before).
+            (None before); inside :meth:`summing_stats`, of the block's
+            calls together.
         context: :class:`~.context.CompressionContext`: the module's own
             until :func:`~mmseg_hosvd.surgery.install_compression` gives all
             convs of a model one shared context (input sharing, ASI state).
@@ -251,7 +252,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
         if spec.low_rank:
             output, stats = self._low_rank_forward(padded_input, weight, bias,
                                                    geometry)
-            self.last_stats = stats
+            self._set_stats(stats)
             return output
         output, stats = compressed_conv2d(padded_input,
                                           weight,
@@ -262,7 +263,7 @@ class CompressedConv2d(CompressedLayerMixin, nn.Conv2d):
                                           radius=self.radius,
                                           name=self.name,
                                           non_finite=self.non_finite)
-        self.last_stats = stats
+        self._set_stats(stats)
         return output
 
     def _low_rank_forward(self, input: Tensor, weight: Tensor,

@@ -9,13 +9,14 @@ name the layer, and the settings text of ``extra_repr``. It adds no
 parameter, buffer or submodule (``state_dict`` keys stay those of the
 ``nn`` layer). :func:`share_parameters` hands Parameter objects over.
 """
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .accounting import CompressionStats, vanilla_stats
+from .accounting import CompressionStats, concatenated_stats, vanilla_stats
 from .context import CompressionContext
 from ..decomposition import check_eps
 from .input_factors import FACTORIZERS, Factors, decompose
@@ -41,6 +42,8 @@ class CompressedLayerMixin:
     name: str
     last_stats: Optional[CompressionStats]
     context: CompressionContext
+    #: stats of the calls inside :meth:`summing_stats` (None outside)
+    _stats_parts: Optional[List[CompressionStats]] = None
 
     def _check_method(self, value: str) -> str:
         """``value`` if the layer supports that method, else ValueError."""
@@ -79,7 +82,34 @@ class CompressedLayerMixin:
 
     def _record_vanilla(self, input: Tensor) -> None:
         """:attr:`last_stats` of a ``'vanilla'`` call: the full input kept."""
-        self.last_stats = vanilla_stats(input)
+        self._set_stats(vanilla_stats(input))
+
+    def _set_stats(self, stats: CompressionStats) -> None:
+        """Record a compressed call's stats: ``last_stats``, or inside
+        :meth:`summing_stats` the concatenation of the block's calls."""
+        parts = self._stats_parts
+        if parts is None:
+            self.last_stats = stats
+            return
+        parts.append(stats)
+        self.last_stats = concatenated_stats(parts)
+
+    @contextmanager
+    def summing_stats(self) -> Iterator[None]:
+        """A block whose calls read the parts of one input concatenated
+        along dim 1 (a conv's input channels; the weight sliced to each
+        part's channels): ``last_stats`` is then one record of them all
+        (:func:`~.accounting.concatenated_stats`: kept bytes summed over
+        the parts, each storage once), not the last call's. Left alone
+        when no call inside compresses."""
+        if self._stats_parts is not None:
+            raise RuntimeError(f'{self._LAYER} {self.name!r}: summing_stats '
+                               'blocks do not nest')
+        self._stats_parts = []
+        try:
+            yield
+        finally:
+            del self._stats_parts  # back to the class default, None
 
     def _shared_factors(self, input: Tensor, activation: Tensor
                         ) -> Tuple[Optional[Factors], bool]:

@@ -182,7 +182,7 @@ class CompressedLinear(CompressedLayerMixin, nn.Linear):
             self._record_vanilla(input)
             return F.linear(input, self.weight, self.bias)
         output, stats = self._low_rank_forward(input, self.weight, self.bias)
-        self.last_stats = stats
+        self._set_stats(stats)
         return output
 
     def _low_rank_forward(self, input: Tensor, weight: Tensor,
