@@ -20,7 +20,7 @@ Pure PyTorch math (layer 1). Conventions:
 """
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -30,8 +30,8 @@ from .factors import TuckerFactors, hosvd_paper_elements
 from .rank_rule import (NON_FINITE_MESSAGE, NUM_MODES,
                         as_decomposition_input, check_eps,
                         explained_variance_rank)
-from .unfolding import (dual_mode_gram, float64_mode_gram, mode_gram,
-                        multi_mode_product, uses_dual_gram)
+from .unfolding import (dual_mode_gram, float64_mode_gram, memory_mode_order,
+                        mode_gram, multi_mode_product, uses_dual_gram)
 
 #: Grams at least this large get their leading eigenvectors by subspace
 #: iteration on the Gram (their eigenvalues, hence the ranks, still come
@@ -63,14 +63,39 @@ def hosvd(x: Tensor, eps: float,
     Raises FloatingPointError if ``x`` contains NaN/Inf.
     """
     eps = check_eps(eps)
-    data = as_decomposition_input(x)
+    data, order = in_memory_order(as_decomposition_input(x))
     spectra = mode_spectra(data, eps)
     if max_elements is not None and hosvd_paper_elements(
             data.shape, spectra.ranks) > max_elements:
         return None
     factors = spectra.bases(data)
     core = multi_mode_product(data, dict(enumerate(factors)))
-    return TuckerFactors(core=core, factors=factors)
+    return TuckerFactors(core=core.permute(inverse_order(order)).contiguous(),
+                         factors=in_mode_order(factors, order))
+
+
+def in_memory_order(data: Tensor) -> Tuple[Tensor, Tuple[int, ...]]:
+    """``data`` permuted to its memory order (:func:`~.unfolding.
+    memory_mode_order`, a contiguous view: a channels-last ``(B, C, H, W)``
+    becomes ``(B, H, W, C)``) and that order. The HOSVD is the same in any
+    mode order, and its Grams and mode products then copy nothing."""
+    order = memory_mode_order(data)
+    return data.permute(order), order
+
+
+def inverse_order(order: Sequence[int]) -> Tuple[int, ...]:
+    """The permutation undoing ``order``."""
+    inverse = [0] * len(order)
+    for position, mode in enumerate(order):
+        inverse[mode] = position
+    return tuple(inverse)
+
+
+def in_mode_order(per_position: Sequence, order: Sequence[int]) -> tuple:
+    """Items listed for the modes ``order`` (of a permuted tensor), listed
+    for the original modes ``0..3`` instead."""
+    return tuple(per_position[position]
+                 for position in inverse_order(order))
 
 
 def truncated_mode_bases(data: Tensor, eps: float
@@ -84,8 +109,11 @@ def truncated_mode_bases(data: Tensor, eps: float
         Eigenvalues (descending; a dual Gram's list is shorter, the missing
         ones are zero), ranks ``(K1..K4)`` and bases ``(U1..U4)``.
     """
-    spectra = mode_spectra(data, eps)
-    return spectra.values, spectra.ranks, spectra.bases(data)
+    permuted, order = in_memory_order(data)
+    spectra = mode_spectra(permuted, eps)
+    return (list(in_mode_order(spectra.values, order)),
+            list(in_mode_order(spectra.ranks, order)),
+            in_mode_order(spectra.bases(permuted), order))
 
 
 @dataclass

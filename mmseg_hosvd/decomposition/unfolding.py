@@ -32,8 +32,7 @@ def mode_gram(x: Tensor, mode: int) -> Tensor:
     outer = math.prod(x.shape[:mode])
     inner = math.prod(x.shape[mode + 1:])
     if inner == 1:
-        unfolding_t = x.reshape(outer, n)
-        return unfolding_t.T @ unfolding_t
+        return _symmetric_product(x.reshape(outer, n))
     slices = x.reshape(outer, n, inner)
     if outer <= inner:
         return _summed_self_products(slices)
@@ -43,6 +42,36 @@ def mode_gram(x: Tensor, mode: int) -> Tensor:
         piece = chunk.transpose(1, 2).reshape(-1, n)
         gram.addmm_(piece.T, piece)
     return gram
+
+
+def _symmetric_product(unfolding_t: Tensor) -> Tensor:
+    """``A^T A`` of ``unfolding_t`` ``(m, n)``; for ``n >=``
+    :data:`SYMMETRIC_BLOCK_MIN` three of its four blocks are multiplied (on
+    column views, no copy) and the fourth is the transpose of one."""
+    n = unfolding_t.shape[1]
+    if n < SYMMETRIC_BLOCK_MIN:
+        return unfolding_t.T @ unfolding_t
+    half = (n + 1) // 2
+    left, right = unfolding_t[:, :half], unfolding_t[:, half:]
+    gram = unfolding_t.new_empty(n, n)
+    gram[:half, :half] = left.T @ left
+    upper = left.T @ right
+    gram[:half, half:] = upper
+    gram[half:, :half] = upper.T
+    gram[half:, half:] = right.T @ right
+    return gram
+
+
+def memory_mode_order(x: Tensor) -> Tuple[int, ...]:
+    """The permutation ``order`` of ``x``'s dims by decreasing stride, such
+    that ``x.permute(order)`` is contiguous (e.g. ``(0, 2, 3, 1)`` for a
+    channels-last ``(B, C, H, W)`` tensor); the identity when ``x`` is
+    contiguous or no permutation makes it so (then the unfoldings copy)."""
+    identity = tuple(range(x.dim()))
+    if x.is_contiguous():
+        return identity
+    order = tuple(sorted(identity, key=lambda d: (-x.stride(d), d)))
+    return order if x.permute(order).is_contiguous() else identity
 
 
 def _summed_self_products(slices: Tensor) -> Tensor:
