@@ -44,6 +44,8 @@ from .lean_loss import install_lean_loss, remove_lean_loss
 from .ops import VANILLA
 from .split_concat import (SplitConcat, install_split_concat,
                            remove_split_concat)
+from .unused_features import (FeatureRelease, install_feature_release,
+                              remove_feature_release)
 from .surgery import (CompressedLayer, apply_freeze, batch_norms,
                       check_methods, check_trainable, compression_state_dict,
                       freeze_all_but, install_compression,
@@ -79,6 +81,7 @@ class AppliedCompression:
     originals: Dict[str, nn.Module] = field(default_factory=dict)
     frozen: Optional[FrozenForward] = None
     split: SplitConcat = field(default_factory=SplitConcat)
+    features: FeatureRelease = field(default_factory=FeatureRelease)
 
     def set_norm_eval(self) -> None:
         """Put the BatchNorms back in eval mode (call after every
@@ -104,7 +107,9 @@ class AppliedCompression:
                 f'{len(self.trainable_parameter_names())} trainable '
                 f'parameter tensor(s); BN eval: {self.config.norm_eval}; '
                 f'{self.lean.summary()}; lean loss: {self.config.lean_loss}; '
-                f'{self.split.summary()}')
+                f'{self.split.summary()}; {self.features.summary()}' +
+                ('' if self.frozen is None else
+                 f'; {self.frozen.summary()}'))
 
     def remove(self) -> None:
         """Revert every swap: the lean-loss class, the lean-backward
@@ -113,6 +118,7 @@ class AppliedCompression:
         attention classes; restore each parameter's ``requires_grad``."""
         if self.frozen is not None:
             remove_frozen_forward(self.model, self.frozen)
+        remove_feature_release(self.features)
         remove_split_concat(self.model, self.split)
         if self.lean_loss_installed:
             remove_lean_loss(self.model)
@@ -196,6 +202,9 @@ def apply_compression(model: nn.Module,
                                     config.norm_eval)
     norms = batch_norms(model) if config.norm_eval else []
     split = install_split_concat(model, config.split_concat)
+    features = (install_feature_release(model)
+                if config.release_unused_features else FeatureRelease(
+                    reason='release_unused_features=False'))
     return AppliedCompression(model, config, layers, lean, norms,
                               requires_grad, lean_loss_installed, originals,
-                              frozen, split)
+                              frozen, split, features)

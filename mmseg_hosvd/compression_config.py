@@ -73,6 +73,11 @@ class CompressionConfig:
             (:mod:`mmseg_hosvd.split_concat`): ``True`` for every head that
             can be split, ``False``, or a list of head paths (each must be
             splittable).
+        release_unused_features: in training, the backbone's (or neck's)
+            outputs that no head reads (``in_index``) are dropped from its
+            output tuple as soon as it returns
+            (:mod:`mmseg_hosvd.unused_features`); nothing computed
+            changes.
 
     Raises:
         ValueError: naming the key and the bad value; also when the config
@@ -99,6 +104,7 @@ class CompressionConfig:
     frozen_chunk: Optional[int] = None
     fold_frozen_norms: bool = False
     split_concat: Union[bool, Tuple[str, ...]] = False
+    release_unused_features: bool = True
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
@@ -124,6 +130,9 @@ class CompressionConfig:
             raise ValueError(
                 f'lean_loss: expected True or False, got {self.lean_loss!r}')
         self._check_split_concat()
+        if not isinstance(self.release_unused_features, bool):
+            raise ValueError('release_unused_features: expected True or '
+                             f'False, got {self.release_unused_features!r}')
         if self.non_finite not in NON_FINITE_MODES:
             raise ValueError(f'non_finite: expected one of '
                              f'{NON_FINITE_MODES}, got {self.non_finite!r}')

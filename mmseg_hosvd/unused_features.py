@@ -1,0 +1,127 @@
+"""Release the feature maps no head reads (model surgery).
+
+An mmseg ``EncoderDecoder`` keeps every output of its backbone (or neck)
+in one tuple until its heads have computed the loss, e.g. ResNetV1c's four
+stages (``out_indices=(0, 1, 2, 3)``), although FCN's head reads only the
+last one (``in_index=3``): at batch 8, 512x512, FCN-R18-d8's three unread
+stage outputs hold 80 MiB through the whole forward and loss (plain
+inference too). A decode head reads its inputs through
+``BaseDecodeHead._transform_inputs``, i.e. only ``inputs[in_index]``.
+
+:func:`install_feature_release` registers a forward hook on the module the
+heads read from (the neck if there is one, else the backbone) that returns
+the same tuple with ``None`` at every position no head's ``in_index``
+names, in training mode (a training step; evaluation and direct calls in
+eval mode see every output), so those tensors are freed as soon as
+nothing else refers to them.
+Nothing is computed differently: the heads see the same tensors, autograd
+keeps what it saved. It applies only when every head is a
+``BaseDecodeHead`` that does not override ``_transform_inputs``;
+otherwise it does nothing (and says why in :attr:`FeatureRelease.reason`).
+The hook is removable (:func:`remove_feature_release`).
+"""
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Optional, Set, Tuple
+
+import torch.nn as nn
+from torch.utils.hooks import RemovableHandle
+
+from .compat import prepare_mmseg
+
+prepare_mmseg()  # before mmseg.models (mmcv.ops fallback)
+
+# isort: off
+from mmseg.models.decode_heads.decode_head import (  # noqa: E402
+    BaseDecodeHead)
+# isort: on
+
+
+@dataclass
+class FeatureRelease:
+    """What :func:`install_feature_release` did.
+
+    Attributes:
+        source: the path of the module whose outputs are thinned
+            (``'backbone'`` or ``'neck'``), None when nothing was done.
+        read: the output positions the heads read (negative: from the
+            end); every other one is set to None.
+        reason: why nothing was done (None when something was).
+        handle: the forward hook.
+    """
+    source: Optional[str] = None
+    read: Tuple[int, ...] = ()
+    reason: Optional[str] = None
+    handle: Optional[RemovableHandle] = None
+
+    def summary(self) -> str:
+        if self.reason is not None:
+            return f'unused features kept ({self.reason})'
+        return (f'{self.source} outputs other than {list(self.read)} '
+                'released in training (no head reads them)')
+
+
+def _heads(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    heads = []
+    for name in ('decode_head', 'auxiliary_head'):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.ModuleList):
+            heads += [(f'{name}.{i}', h) for i, h in enumerate(head)]
+        elif head is not None:
+            heads.append((name, head))
+    return heads
+
+
+def _indices(value: Any) -> Iterable[int]:
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def read_indices(model: nn.Module) -> Tuple[Optional[Set[int]],
+                                            Optional[str]]:
+    """``(positions the heads read, None)``, or ``(None, why not known)``
+    when a head is not a plain ``BaseDecodeHead`` reader."""
+    heads = _heads(model)
+    if not heads:
+        return None, 'no decode head'
+    read: Set[int] = set()
+    for path, head in heads:
+        if not isinstance(head, BaseDecodeHead):
+            return None, f'{path} is not a BaseDecodeHead'
+        if (type(head)._transform_inputs is not
+                BaseDecodeHead._transform_inputs):
+            return None, f'{path} overrides _transform_inputs'
+        read.update(int(i) for i in _indices(head.in_index))
+    return read, None
+
+
+def install_feature_release(model: nn.Module) -> FeatureRelease:
+    """Thin the backbone's (or neck's) output tuple to what the heads read
+    (see the module docstring); nothing if that is not known."""
+    read, reason = read_indices(model)
+    source = 'neck' if getattr(model, 'neck', None) is not None else (
+        'backbone')
+    module = getattr(model, source, None)
+    if reason is None and module is None:
+        reason = f'no {source}'
+    if reason is not None:
+        return FeatureRelease(reason=reason)
+
+    def release(module: nn.Module, args: Any, outputs: Any) -> Any:
+        if not module.training or not isinstance(outputs, (tuple, list)):
+            return None
+        count = len(outputs)
+        readable = {i % count for i in read if -count <= i < count}
+        if len(readable) == count:
+            return None
+        return type(outputs)(out if i in readable else None
+                             for i, out in enumerate(outputs))
+
+    handle = module.register_forward_hook(release)
+    return FeatureRelease(source=source, read=tuple(sorted(read)),
+                          handle=handle)
+
+
+def remove_feature_release(release: FeatureRelease) -> None:
+    """Remove the hook of :func:`install_feature_release`."""
+    if release.handle is not None:
+        release.handle.remove()
+        release.handle = None
