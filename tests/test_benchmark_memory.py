@@ -335,6 +335,9 @@ def test_markdown_table(run):
     (['--batch-size', '8', '--micro-batch', '2', '3'],
      '--micro-batch [3]: must divide --batch-size 8'),
     (['--micro-batch', '0'], "expected an integer >= 1, got '0'"),
+    (['--hook-option', 'split=True'], "expected KEY=VALUE with KEY one of"),
+    (['--hook-option', 'frozen_chunk=one'], "frozen_chunk: 'one' is not a "
+     'Python literal'),
 ])
 def test_bad_arguments_name_the_value(argv, message, capsys):
     with pytest.raises(SystemExit) as error:

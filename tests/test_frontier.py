@@ -63,3 +63,23 @@ def test_frontier_plot_writes_a_png(tmp_path):
     path = str(tmp_path / 'frontier.png')
     frontier_plot(RECORDS, path)
     assert osp.getsize(path) > 10_000
+
+
+def test_plain_rows_switch_the_plugins_default_options_off():
+    from mmseg_hosvd.bench.rows import PRESETS, memory_rows
+    rows = memory_rows(['fcn'], ['10L'], preset='frontier',
+                       micro_batches=[1, 8])
+    assert len(rows) == 2 * len(PRESETS['frontier'])
+    plain = [r for r in rows if r.plain]
+    assert {r.method for r in plain} == {'vanilla', 'checkpoint'}
+    assert all(r.hook_options() == {'release_unused_features': False}
+               for r in plain)
+    hosvd = [r for r in rows if r.method == 'hosvd']
+    assert all(r.hook_options() == {'split_concat': True} for r in hosvd)
+    crossed = memory_rows(['fcn'], ['5L'], ['vanilla', 'hosvd'], [0.8],
+                          ['off', 'all'], options=(('frozen_chunk', 1), ))
+    assert [(r.method, r.lean_backward, r.hook_options()) for r in crossed
+            ] == [('vanilla', 'off', {'release_unused_features': False}),
+                  ('vanilla', 'all', {'frozen_chunk': 1}),
+                  ('hosvd', 'off', {'frozen_chunk': 1}),
+                  ('hosvd', 'all', {'frozen_chunk': 1})]

@@ -31,7 +31,7 @@ def is_plugin(record: dict) -> bool:
     modes (else it is plain MMSegmentation / PyTorch)."""
     return (record['method'] not in PLAIN_METHODS
             or record.get('lean_backward', 'off') != 'off'
-            or bool(record.get('lean_loss')))
+            or bool(record.get('lean_loss')) or bool(record.get('options')))
 
 
 def _time(record: dict) -> Optional[float]:

@@ -10,6 +10,7 @@ each round, so that a load drifting during the run slows all rows alike.
 Sizes are in MiB (2**20 bytes), times in seconds.
 """
 import argparse
+import ast
 import dataclasses
 import itertools
 import json
@@ -17,10 +18,11 @@ import os
 import os.path as osp
 import platform
 import statistics
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..compression_config import CompressionConfig
 from ..ops import MIB, VANILLA
 from .arguments import (add_run_arguments, add_selection_arguments,
                         add_variant_arguments, check_run_arguments,
@@ -80,6 +82,11 @@ def memory_parser(description: Optional[str] = None,
         '--batch-size; each M must divide it); several values: a row per '
         'value. Default: the whole batch in one step')
     parser.add_argument(
+        '--hook-option', nargs='+', type=hook_option, default=[],
+        metavar='KEY=VALUE',
+        help='more compression hook keys for every row that is not plain '
+        '(a Python literal value), e.g. split_concat=True frozen_chunk=1')
+    parser.add_argument(
         '--anatomy', action='store_true',
         help='one more step per row under the profiler: what is live at '
         'its peak, by group, and which phase, module and op were running '
@@ -91,6 +98,22 @@ def memory_parser(description: Optional[str] = None,
         'the "fastest that fits" table')
     parser.add_argument('--out', default=default_out, help='output folder')
     return parser
+
+
+def hook_option(text: str) -> Tuple[str, Any]:
+    """``'key=value'`` -> ``(key, literal value)``, the key checked against
+    :class:`~mmseg_hosvd.compression.CompressionConfig`'s fields."""
+    key, sep, value = text.partition('=')
+    names = [f.name for f in dataclasses.fields(CompressionConfig)]
+    if not sep or key not in names:
+        raise argparse.ArgumentTypeError(
+            f'expected KEY=VALUE with KEY one of {", ".join(names)}, got '
+            f'{text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(
+            f'{key}: {value!r} is not a Python literal') from None
 
 
 def parse_memory_args(argv: Optional[Sequence[str]] = None,
@@ -113,16 +136,19 @@ def rows_of(args: argparse.Namespace) -> List[BenchmarkRow]:
     """The rows ``args`` ask for, in run order."""
     return memory_rows(args.models, args.setups, args.methods, args.eps,
                        args.lean_backward, args.lean_loss, args.amp,
-                       args.preset, args.micro_batch)
+                       args.preset, args.micro_batch,
+                       tuple(args.hook_option))
 
 
 def load_row_config(configs: str, model: str, setup: str, method: str,
                     eps: Optional[float], crop: Tuple[int, int],
                     lean_backward: Optional[str] = None,
-                    lean_loss: bool = False):
+                    lean_loss: bool = False,
+                    options: Optional[Dict[str, Any]] = None):
     """The leaf config of one combination (``checkpoint``: the vanilla
     one), its compression hook's ``lean_backward`` set (None: the
-    config's) and ``lean_loss=True`` if asked for, and its path.
+    config's), ``lean_loss=True`` if asked for and ``options`` (more hook
+    keys), and its path.
 
     Raises:
         SystemExit: no such leaf config, or not of that method.
@@ -137,6 +163,8 @@ def load_row_config(configs: str, model: str, setup: str, method: str,
         cfg.default_hooks.compression.lean_backward = lean_backward
     if lean_loss:
         cfg.default_hooks.compression.lean_loss = True
+    for key, value in (options or {}).items():
+        cfg.default_hooks.compression[key] = value
     return cfg, path
 
 
@@ -146,7 +174,7 @@ def build_row(args, row: BenchmarkRow, configs: str) -> MemoryRow:
     device = torch.device(args.device)
     cfg, _ = load_row_config(configs, row.model, row.setup, row.method,
                              row.eps, args.crop, row.lean_backward,
-                             row.lean_loss)
+                             row.lean_loss, row.hook_options())
     seed = args.seed if args.seed is not None else cfg.get(
         'randomness', {}).get('seed', 233)
     if args.data_root is None:
@@ -257,6 +285,7 @@ def row_record(args, row: BenchmarkRow, measured: MemoryRow,
         lean_backward=row.lean_backward, lean_loss=row.lean_loss,
         amp=row.amp,
         micro_batch=row.micro_batch,
+        options=dict(row.options),
         accumulative_counts=measured.step.accumulative_counts,
         checkpointing=(CHECKPOINT_PLACEMENT if row.method == CHECKPOINT
                        else None),

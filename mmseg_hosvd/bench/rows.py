@@ -18,7 +18,7 @@ be run at several micro-batches.
 """
 import dataclasses
 import itertools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..ops import METHOD_SPECS, Method, method_spec
 
@@ -63,6 +63,8 @@ class BenchmarkRow:
         setup: one of :data:`~.configs.SETUPS`.
         micro_batch: samples per micro-batch of gradient accumulation
             (None: the whole batch in one ``train_step``).
+        options: more keys of the row's compression hook, as ``(key,
+            value)`` pairs (e.g. ``(('split_concat', True),)``).
     """
     method: str
     eps: Optional[float] = None
@@ -72,6 +74,20 @@ class BenchmarkRow:
     model: Optional[str] = None
     setup: Optional[str] = None
     micro_batch: Optional[int] = None
+    options: Tuple[Tuple[str, Any], ...] = ()
+
+    @property
+    def plain(self) -> bool:
+        """Plain MMSegmentation / PyTorch: vanilla or checkpointing, with
+        no lean mode and no option of the plugin (it then runs with
+        :data:`PLAIN_OPTIONS`)."""
+        return (self.method in (Method.VANILLA.value, CHECKPOINT)
+                and self.lean_backward == 'off' and not self.lean_loss
+                and not self.options)
+
+    def hook_options(self) -> Dict[str, Any]:
+        """The keys to set on the row's compression hook."""
+        return dict(PLAIN_OPTIONS if self.plain else self.options)
 
     def at(self, model: str, setup: str,
            micro_batch: Optional[int] = None) -> 'BenchmarkRow':
@@ -79,6 +95,12 @@ class BenchmarkRow:
         return dataclasses.replace(self, model=model, setup=setup,
                                    micro_batch=micro_batch)
 
+
+#: the compression hook keys of a plain row: the plugin's exact memory
+#: options that are on by default, off
+PLAIN_OPTIONS = (('release_unused_features', False), )
+#: the plugin's exact memory options of the frontier's compressed rows
+BEST_OPTIONS = (('split_concat', True), )
 
 _VANILLA, _GRADIENT_FILTER, _HOSVD, _ASI = (
     m.value for m in (Method.VANILLA, Method.GRADIENT_FILTER, Method.HOSVD,
@@ -111,8 +133,8 @@ PRESETS: Dict[str, Tuple[BenchmarkRow, ...]] = {
         BenchmarkRow(_VANILLA, **_OFF),
         BenchmarkRow(CHECKPOINT, **_OFF),
         BenchmarkRow(_VANILLA, amp=True, **_OFF),
-        BenchmarkRow(_HOSVD, 0.8, **_LEANEST),
-        BenchmarkRow(_ASI, 0.8, **_LEANEST),
+        BenchmarkRow(_HOSVD, 0.8, options=BEST_OPTIONS, **_LEANEST),
+        BenchmarkRow(_ASI, 0.8, options=BEST_OPTIONS, **_LEANEST),
     ),
 }
 
@@ -122,21 +144,24 @@ def memory_rows(models: Sequence[str], setups: Sequence[str],
                 lean_backward: Sequence[str] = (DEFAULT_LEAN_BACKWARD, ),
                 lean_loss: Sequence[bool] = (False, ), amp: bool = False,
                 preset: Optional[str] = None,
-                micro_batches: Sequence[Optional[int]] = (None, )
+                micro_batches: Sequence[Optional[int]] = (None, ),
+                options: Tuple[Tuple[str, Any], ...] = ()
                 ) -> List[BenchmarkRow]:
     """The rows in run order: a preset's rows for every model and setup, or
     the cross product, the variants (lean_backward modes, lean loss off/on,
     the amp twin, the micro-batches) of one combination next to each
-    other."""
+    other; ``options`` (hook keys) go to every row that is not plain."""
     pairs = list(itertools.product(models, setups))
     if preset is not None:
         return [row.at(model, setup, micro) for model, setup in pairs
                 for row in PRESETS[preset] for micro in micro_batches]
     amps = (False, True) if amp else (False, )
-    return [
+    rows = [
         BenchmarkRow(method, e, lean, loss, twin, model, setup, micro)
         for model, setup in pairs for method in methods
         for e in (eps if is_low_rank(method) else [None])
         for lean in lean_backward for loss in lean_loss for twin in amps
         for micro in micro_batches
     ]
+    return [row if row.plain else dataclasses.replace(row, options=options)
+            for row in rows]
