@@ -18,8 +18,9 @@ A BatchNorm applied by the conv itself (an eval-mode BatchNorm folded by
 is affine: it is applied once, to the sum (its folded weight sliced per
 branch, its folded bias added once, or its normalisation of the sum).
 """
+import itertools
 from contextlib import nullcontext
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -65,13 +66,15 @@ def split_problem(conv_module: nn.Module) -> Optional[str]:
     return None
 
 
-def concat_conv(conv_module: nn.Module, branches: Sequence[Tensor]) -> Tensor:
+def concat_conv(conv_module: nn.Module, branches: Iterable[Tensor]) -> Tensor:
     """``conv_module(torch.cat(branches, 1))`` as a sum of per-branch convs.
 
     Args:
         conv_module: a supported ``ConvModule`` (:func:`split_problem`).
         branches: ``(B, C_i, H, W)`` tensors whose ``C_i`` add up to the
-            conv's input channels.
+            conv's input channels; an iterator (a generator) is consumed
+            one branch at a time, so that a branch computed on demand is
+            freed before the next one exists.
 
     Returns:
         ``(B, C_out, H', W')``, what the ``ConvModule`` returns for the
@@ -90,9 +93,9 @@ def concat_conv(conv_module: nn.Module, branches: Sequence[Tensor]) -> Tensor:
         raise ValueError(f'concat_conv: cannot split the conv: {problem}')
     order = list(conv_module.order)
     index = order.index('conv')
-    inputs = list(branches)
+    inputs: Iterable[Tensor] = branches
     if conv_module.with_explicit_padding:
-        inputs = [conv_module.padding_layer(x) for x in inputs]
+        inputs = (conv_module.padding_layer(x) for x in branches)
     x, norm_applied = _split_conv(conv_module, inputs,
                                   order[index + 1:index + 2] == ['norm'])
     for layer in order[index + 1:]:
@@ -103,7 +106,7 @@ def concat_conv(conv_module: nn.Module, branches: Sequence[Tensor]) -> Tensor:
     return x
 
 
-def _split_conv(conv_module: ConvModule, branches: List[Tensor],
+def _split_conv(conv_module: ConvModule, branches: Iterable[Tensor],
                 norm_next: bool) -> Tuple[Tensor, bool]:
     """The conv step of ``conv_module`` on the concatenation of
     ``branches``, per branch; and whether it applied the module's norm too
@@ -120,7 +123,10 @@ def _split_conv(conv_module: ConvModule, branches: List[Tensor],
     folded = folding.norm if isinstance(folding, NormFolding) else None
     normalize: Callable[[Tensor], Tensor] = _identity
     if folded is not None and not folded.training:
-        if folding_pays(conv, branches[0]):  # B, H, W as the concatenation
+        branches = iter(branches)
+        first = next(branches)
+        branches = itertools.chain([first], branches)
+        if folding_pays(conv, first):  # B, H, W as the concatenation
             weight, bias = fold_batch_norm(weight, bias, folded)
         else:
             normalize = folded.normalize
@@ -131,26 +137,32 @@ def _identity(x: Tensor) -> Tensor:
     return x
 
 
-def _sum_of_convs(conv: nn.Conv2d, branches: List[Tensor], weight: Tensor,
-                  bias: Optional[Tensor]) -> Tensor:
+def _sum_of_convs(conv: nn.Conv2d, branches: Iterable[Tensor],
+                  weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``conv._conv_forward(cat(branches), weight, bias)`` as the sum of
     ``conv._conv_forward(branch_i, weight[:, slice_i], None)`` plus
-    ``bias`` once; a compressed conv's ``last_stats`` sums the calls."""
-    channels = [x.shape[1] for x in branches]
-    if sum(channels) != weight.shape[1]:
-        raise ValueError(f'concat_conv: branches of {channels} channels '
-                         f'(sum {sum(channels)}) for a conv of '
-                         f'{weight.shape[1]} input channels')
+    ``bias`` once, one branch at a time; a compressed conv's
+    ``last_stats`` sums the calls."""
     summing = conv.summing_stats() if isinstance(
         conv, CompressedConv2d) else nullcontext()
     output = None
+    channels: List[int] = []
     start = 0
     with summing:
-        for x, width in zip(branches, channels):
+        for x in branches:
+            width = x.shape[1]
+            channels.append(width)
+            if start + width > weight.shape[1]:
+                break
             part = conv._conv_forward(x, weight[:, start:start + width],
                                       None)
             output = part if output is None else output + part
             start += width
+            del x, part
+    if output is None or sum(channels) != weight.shape[1]:
+        raise ValueError(f'concat_conv: branches of {channels} channels '
+                         f'(sum {sum(channels)}) for a conv of '
+                         f'{weight.shape[1]} input channels')
     if bias is not None:
         shape = (1, -1) + (1, ) * (output.dim() - 2)
         output = output + bias.to(output.dtype).view(shape)

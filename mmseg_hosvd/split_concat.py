@@ -134,12 +134,11 @@ class SplitConcatSegformerHead(SegformerHead):
 
     def forward(self, inputs: List[Tensor]) -> Tensor:
         inputs = self._transform_inputs(inputs)
-        outs = [
+        outs = (  # one stage at a time: each freed after its conv
             resize(input=conv(x), size=inputs[0].shape[2:],
                    mode=self.interpolate_mode,
                    align_corners=self.align_corners)
-            for x, conv in zip(inputs, self.convs)
-        ]
+            for x, conv in zip(inputs, self.convs))
         return self.cls_seg(concat_conv(self.fusion_conv, outs))
 
 

@@ -5,8 +5,10 @@ in one tuple until its heads have computed the loss, e.g. ResNetV1c's four
 stages (``out_indices=(0, 1, 2, 3)``), although FCN's head reads only the
 last one (``in_index=3``): at batch 8, 512x512, FCN-R18-d8's three unread
 stage outputs hold 80 MiB through the whole forward and loss (plain
-inference too). A decode head reads its inputs through
-``BaseDecodeHead._transform_inputs``, i.e. only ``inputs[in_index]``.
+inference too). A decode head of mmseg reads ``inputs[in_index]`` through
+``BaseDecodeHead._transform_inputs``, some heads more (DeepLabV3+ reads
+``inputs[0]`` for its c1 decoder): :data:`KNOWN_READERS` lists the heads whose reads are
+known.
 
 :func:`install_feature_release` registers a forward hook on the module the
 heads read from (the neck if there is one, else the backbone) that returns
@@ -15,13 +17,14 @@ names, in training mode (a training step; evaluation and direct calls in
 eval mode see every output), so those tensors are freed as soon as
 nothing else refers to them.
 Nothing is computed differently: the heads see the same tensors, autograd
-keeps what it saved. It applies only when every head is a
-``BaseDecodeHead`` that does not override ``_transform_inputs``;
-otherwise it does nothing (and says why in :attr:`FeatureRelease.reason`).
+keeps what it saved. It applies only when every head is one of :data:`KNOWN_READERS` (or a
+class of this plugin derived from one, e.g. a split-concat head);
+otherwise it does nothing and says why (:attr:`FeatureRelease.reason`).
 The hook is removable (:func:`remove_feature_release`).
 """
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Optional, Set, Tuple
+from typing import (Any, Callable, Dict, Iterable, List, Optional, Set,
+                    Tuple)
 
 import torch.nn as nn
 from torch.utils.hooks import RemovableHandle
@@ -31,9 +34,32 @@ from .compat import prepare_mmseg
 prepare_mmseg()  # before mmseg.models (mmcv.ops fallback)
 
 # isort: off
-from mmseg.models.decode_heads.decode_head import (  # noqa: E402
-    BaseDecodeHead)
+from mmseg.models.decode_heads import (  # noqa: E402
+    ASPPHead, DepthwiseSeparableASPPHead, FCNHead, PSPHead, SegformerHead,
+    UPerHead)
 # isort: on
+
+
+
+def _none(head: nn.Module) -> Tuple[int, ...]:
+    return ()
+
+
+def _c1_input(head: nn.Module) -> Tuple[int, ...]:
+    """DeepLabV3+ reads ``inputs[0]`` for its c1 decoder."""
+    return (0, ) if head.c1_bottleneck is not None else ()
+
+
+#: mmseg heads known to read their inputs only at ``in_index``, and the
+#: other positions each reads
+KNOWN_READERS: Dict[type, Callable[[nn.Module], Tuple[int, ...]]] = {
+    FCNHead: _none,
+    PSPHead: _none,
+    ASPPHead: _none,
+    UPerHead: _none,
+    SegformerHead: _none,
+    DepthwiseSeparableASPPHead: _c1_input,
+}
 
 
 @dataclass
@@ -84,12 +110,13 @@ def read_indices(model: nn.Module) -> Tuple[Optional[Set[int]],
         return None, 'no decode head'
     read: Set[int] = set()
     for path, head in heads:
-        if not isinstance(head, BaseDecodeHead):
-            return None, f'{path} is not a BaseDecodeHead'
-        if (type(head)._transform_inputs is not
-                BaseDecodeHead._transform_inputs):
-            return None, f'{path} overrides _transform_inputs'
+        base = next(cls for cls in type(head).__mro__
+                    if not cls.__module__.startswith(__package__))
+        if base not in KNOWN_READERS:
+            return None, (f'{path}: {base.__name__} is not known to read '
+                          'only in_index')
         read.update(int(i) for i in _indices(head.in_index))
+        read.update(KNOWN_READERS[base](head))
     return read, None
 
 
