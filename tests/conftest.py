@@ -110,6 +110,12 @@ def tiny_run_cfg(cfg,
     # each run (a resumed one too) its own, or a later run writes to an
     # earlier run's backends (and mmengine warns)
     cfg.visualizer.name = f'visualizer:{work_dir}:{uuid.uuid4().hex}'
+    # likewise the logger, message hub and default scope, named after the
+    # experiment (mmengine's default: config name + start time to the
+    # second, the same for two runs of one config started within a second)
+    cfg.experiment_name = (
+        f'{osp.splitext(osp.basename(cfg.filename or "run"))[0]}_'
+        f'{uuid.uuid4().hex[:8]}')
     cfg.env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
     return cfg
 
