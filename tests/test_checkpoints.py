@@ -52,10 +52,18 @@ def _run_with_checkpoint(tmp_path, tiny_voc, method='hosvd', max_iters=2,
     return cfg, runner, osp.join(cfg.work_dir, f'iter_{max_iters}.pth')
 
 
+@pytest.fixture(scope='module')
+def hosvd_run(tmp_path_factory, tiny_voc):
+    """One DLV3 10L HOSVD run of 2 iterations and its checkpoint, read (not
+    changed) by the two tests below: ``(cfg, runner, checkpoint)``."""
+    return _run_with_checkpoint(tmp_path_factory.mktemp('hosvd_run'),
+                                tiny_voc)
+
+
 @pytest.mark.slow
 def test_checkpoint_loads_into_plain_mmseg_with_same_outputs(
-        tmp_path, tiny_voc):
-    cfg, runner, checkpoint = _run_with_checkpoint(tmp_path, tiny_voc)
+        tmp_path, hosvd_run):
+    cfg, runner, checkpoint = hosvd_run
     model_cfg = tmp_path / 'model_cfg.py'
     Config(dict(model=cfg.model.to_dict())).dump(str(model_cfg))
     inputs = torch.randn(1, 3, 64, 64)
@@ -80,8 +88,8 @@ def test_checkpoint_loads_into_plain_mmseg_with_same_outputs(
 
 
 @pytest.mark.slow
-def test_checkpoint_is_weights_only_loadable(tmp_path, tiny_voc):
-    _, runner, checkpoint = _run_with_checkpoint(tmp_path, tiny_voc)
+def test_checkpoint_is_weights_only_loadable(hosvd_run):
+    _, runner, checkpoint = hosvd_run
     loaded = torch.load(checkpoint, map_location='cpu', weights_only=True)
     assert set(loaded['state_dict']) == set(runner.model.state_dict())
     assert {'meta', 'message_hub', 'optimizer', 'param_schedulers'

@@ -173,8 +173,6 @@ def runnable_configs():
     return sorted(found)
 
 
-pytestmark = pytest.mark.usefixtures('memoised_mmseg_bases')
-
 
 @functools.lru_cache(maxsize=None)
 def build(model, setup):

@@ -21,13 +21,15 @@ from mmseg_hosvd.engine.weights_only import (CheckpointRefusedError,
 from test_training import leaf_config
 
 RUN_SCRIPT = textwrap.dedent('''
-    """Train one config (argv[1]); print the last iteration."""
+    """Train each config (argv[1:]) in turn, in this one process; print
+    the last iteration of each."""
     import sys
     from mmengine.config import Config
     from mmengine.runner import Runner
-    runner = Runner.from_cfg(Config.fromfile(sys.argv[1]))
-    runner.train()
-    print(f'trained to iteration {runner.iter}')
+    for path in sys.argv[1:]:
+        runner = Runner.from_cfg(Config.fromfile(path))
+        runner.train()
+        print(f'{path}: trained to iteration {runner.iter}')
 ''')
 
 
@@ -46,12 +48,16 @@ def _old_default_env() -> dict:
                 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
 
 
-def _train(tmp_path, cfg, name: str) -> subprocess.CompletedProcess:
+def _train(tmp_path, **cfgs) -> subprocess.CompletedProcess:
+    """Trains the configs ``name=cfg`` in turn in one subprocess with
+    torch's old default; each is dumped to ``tmp_path / 'name.py'``."""
     script = tmp_path / 'run.py'
     script.write_text(RUN_SCRIPT)
-    config = tmp_path / f'{name}.py'
-    cfg.dump(str(config))
-    return subprocess.run([sys.executable, str(script), str(config)],
+    configs = []
+    for name, cfg in cfgs.items():
+        configs.append(str(tmp_path / f'{name}.py'))
+        cfg.dump(configs[-1])
+    return subprocess.run([sys.executable, str(script), *configs],
                           capture_output=True, text=True, cwd=str(tmp_path),
                           env=_old_default_env(), timeout=600)
 
@@ -70,7 +76,7 @@ def test_old_default_refuses_a_malicious_load_from(tmp_path, tiny_voc):
         pickle.dump({'state_dict': {}, 'meta': _Payload(str(marker))}, f)
     cfg = _tiny_cfg(tmp_path, tiny_voc, max_iters=1)
     cfg.load_from = str(malicious)
-    result = _train(tmp_path, cfg, 'malicious')
+    result = _train(tmp_path, malicious=cfg)
     assert result.returncode != 0, result.stdout[-2000:]
     assert 'CheckpointRefusedError: refused to load checkpoint' in \
         result.stderr, result.stderr[-3000:]
@@ -81,16 +87,22 @@ def test_old_default_refuses_a_malicious_load_from(tmp_path, tiny_voc):
 
 @pytest.mark.slow
 def test_old_default_still_resumes(tmp_path, tiny_voc):
-    first = _train(tmp_path, _tiny_cfg(tmp_path, tiny_voc, 2,
-                                       checkpoint_interval=2), 'first')
-    assert first.returncode == 0, first.stderr[-3000:]
+    """Two runs in one subprocess (one interpreter start less): 2
+    iterations with a checkpoint, then a resumed run to 4 from it."""
     checkpoint = tmp_path / 'run' / 'iter_2.pth'
     cfg = _tiny_cfg(tmp_path, tiny_voc, 4, checkpoint_interval=4)
     cfg.resume = True
     cfg.load_from = str(checkpoint)
-    resumed = _train(tmp_path, cfg, 'resumed')
+    resumed = _train(tmp_path,
+                     first=_tiny_cfg(tmp_path, tiny_voc, 2,
+                                     checkpoint_interval=2),
+                     resumed=cfg)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert 'trained to iteration 4' in resumed.stdout
+    assert f'{tmp_path / "first.py"}: trained to iteration 2' in \
+        resumed.stdout, resumed.stdout[-2000:]
+    assert checkpoint.is_file()
+    assert f'{tmp_path / "resumed.py"}: trained to iteration 4' in \
+        resumed.stdout
     output = resumed.stdout + resumed.stderr
     assert ('Loads checkpoint by local_weights_only backend from path: '
             f'{checkpoint}') in output

@@ -123,8 +123,6 @@ def calibrated_checkpoint(model):
 LEAVES = [(m, s, t) for m in TRANSFORMERS for s in SETUPS for t in METHODS]
 
 
-pytestmark = pytest.mark.usefixtures('memoised_mmseg_bases')
-
 
 @pytest.fixture
 def no_network(monkeypatch):
