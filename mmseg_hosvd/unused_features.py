@@ -10,19 +10,22 @@ inference too). A decode head of mmseg reads ``inputs[in_index]`` through
 ``inputs[0]`` for its c1 decoder): :data:`KNOWN_READERS` lists the heads whose reads are
 known.
 
-:func:`install_feature_release` registers a forward hook on the module the
-heads read from (the neck if there is one, else the backbone) that returns
-the same tuple with ``None`` at every position no head's ``in_index``
-names, in training mode (a training step; evaluation and direct calls in
-eval mode see every output), so those tensors are freed as soon as
-nothing else refers to them.
+:func:`install_feature_release` works on the module the heads read from
+(the neck if there is one, else the backbone), in training mode only (a
+training step; evaluation and direct calls in eval mode see every
+output). A stage backbone (:data:`STAGE_BACKBONES`) keeps an output in a
+list while its later stages run, so a pair of hooks switches its
+``out_indices`` attribute to the read stages before each training forward
+(the unread outputs are never kept) and expands the result back to the
+original positions with ``None`` at the others; any other module's output
+tuple gets ``None`` at the unread positions when it returns.
 Nothing is computed differently: the heads see the same tensors, autograd
 keeps what it saved. It applies only when every head is one of :data:`KNOWN_READERS` (or a
 class of this plugin derived from one, e.g. a split-concat head);
 otherwise it does nothing and says why (:attr:`FeatureRelease.reason`).
 The hook is removable (:func:`remove_feature_release`).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, Iterable, List, Optional, Set,
                     Tuple)
 
@@ -34,10 +37,16 @@ from .compat import prepare_mmseg
 prepare_mmseg()  # before mmseg.models (mmcv.ops fallback)
 
 # isort: off
+from mmseg.models.backbones import (  # noqa: E402
+    MixVisionTransformer, MobileNetV2, ResNet)
 from mmseg.models.decode_heads import (  # noqa: E402
     ASPPHead, DepthwiseSeparableASPPHead, FCNHead, PSPHead, SegformerHead,
     UPerHead)
 # isort: on
+
+#: backbones that append stage ``i``'s output when ``i in out_indices``
+#: (ResNetV1c/V1d derive from ResNet)
+STAGE_BACKBONES = (ResNet, MobileNetV2, MixVisionTransformer)
 
 
 
@@ -72,12 +81,14 @@ class FeatureRelease:
         read: the output positions the heads read (negative: from the
             end); every other one is set to None.
         reason: why nothing was done (None when something was).
-        handle: the forward hook.
+        handles: the hooks.
+        stages: the ``out_indices`` switch of a stage backbone, if used.
     """
     source: Optional[str] = None
     read: Tuple[int, ...] = ()
     reason: Optional[str] = None
-    handle: Optional[RemovableHandle] = None
+    handles: List[RemovableHandle] = field(default_factory=list)
+    stages: Optional['_StageOutputs'] = None
 
     def summary(self) -> str:
         if self.reason is not None:
@@ -120,19 +131,39 @@ def read_indices(model: nn.Module) -> Tuple[Optional[Set[int]],
     return read, None
 
 
-def install_feature_release(model: nn.Module) -> FeatureRelease:
-    """Thin the backbone's (or neck's) output tuple to what the heads read
-    (see the module docstring); nothing if that is not known."""
-    read, reason = read_indices(model)
-    source = 'neck' if getattr(model, 'neck', None) is not None else (
-        'backbone')
-    module = getattr(model, source, None)
-    if reason is None and module is None:
-        reason = f'no {source}'
-    if reason is not None:
-        return FeatureRelease(reason=reason)
+class _StageOutputs:
+    """Hooks that keep a stage backbone from collecting unread outputs:
+    before each training forward its ``out_indices`` are only the read
+    ones (the unread stages' outputs are then never kept in its list),
+    after it the output is expanded back to the original positions with
+    ``None`` at the others; in eval mode the original ``out_indices``."""
 
-    def release(module: nn.Module, args: Any, outputs: Any) -> Any:
+    def __init__(self, module: nn.Module, readable: Set[int]) -> None:
+        self.module = module
+        self.original = tuple(module.out_indices)
+        self.kept = tuple(index for position, index in
+                          enumerate(self.original) if position in readable)
+
+    def before(self, module: nn.Module, args: Any) -> None:
+        module.out_indices = self.kept if module.training else self.original
+
+    def after(self, module: nn.Module, args: Any, outputs: Any) -> Any:
+        if not module.training:
+            return None
+        kept = list(outputs) if isinstance(outputs, (tuple, list)) else [
+            outputs]  # MobileNetV2 returns a lone output bare
+        found = iter(kept)
+        return tuple(next(found) if index in self.kept else None
+                     for index in self.original)
+
+    def restore(self) -> None:
+        self.module.out_indices = self.original
+
+
+def _thin(read: Set[int]) -> Callable:
+    """A forward hook: the output tuple with None where no head reads."""
+
+    def thin(module: nn.Module, args: Any, outputs: Any) -> Any:
         if not module.training or not isinstance(outputs, (tuple, list)):
             return None
         count = len(outputs)
@@ -142,13 +173,41 @@ def install_feature_release(model: nn.Module) -> FeatureRelease:
         return type(outputs)(out if i in readable else None
                              for i, out in enumerate(outputs))
 
-    handle = module.register_forward_hook(release)
+    return thin
+
+
+def install_feature_release(model: nn.Module) -> FeatureRelease:
+    """Release the backbone's (or neck's) outputs that no head reads (see
+    the module docstring); nothing if that is not known."""
+    read, reason = read_indices(model)
+    source = 'neck' if getattr(model, 'neck', None) is not None else (
+        'backbone')
+    module = getattr(model, source, None)
+    if reason is None and module is None:
+        reason = f'no {source}'
+    if reason is not None:
+        return FeatureRelease(reason=reason)
+    handles = []
+    stages = None
+    if isinstance(module, STAGE_BACKBONES):
+        count = len(module.out_indices)
+        readable = {i % count for i in read if -count <= i < count}
+        if len(readable) < count:
+            stages = _StageOutputs(module, readable)
+            handles.append(module.register_forward_pre_hook(stages.before))
+            handles.append(module.register_forward_hook(stages.after))
+    else:
+        handles.append(module.register_forward_hook(_thin(read)))
     return FeatureRelease(source=source, read=tuple(sorted(read)),
-                          handle=handle)
+                          handles=handles, stages=stages)
 
 
 def remove_feature_release(release: FeatureRelease) -> None:
-    """Remove the hook of :func:`install_feature_release`."""
-    if release.handle is not None:
-        release.handle.remove()
-        release.handle = None
+    """Remove the hooks of :func:`install_feature_release` and restore
+    the backbone's ``out_indices``."""
+    for handle in release.handles:
+        handle.remove()
+    release.handles = []
+    if release.stages is not None:
+        release.stages.restore()
+        release.stages = None

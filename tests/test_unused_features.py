@@ -63,21 +63,26 @@ def test_training_mode_only_and_removable():
     assert all(o is not None for o in model.backbone(x))
     model.train()
     applied.remove()
+    assert tuple(model.backbone.out_indices) == (0, 1, 2, 3)
     assert all(o is not None for o in model.backbone(x))
 
 
-def test_memory_held_after_the_backbone():
-    """FCN-R18-d8 at batch 2, 64x64: stage outputs of 64, 128 and 256
-    channels at 16x16, 8x8 and 8x8 are freed when the backbone returns."""
-    held = {}
+def test_memory_in_and_after_the_backbone():
+    """FCN-R18-d8 at batch 2, 64x64: the stage outputs of 64 and 128
+    channels at 16x16 and 8x8 are not kept while layer3 and layer4 run
+    (the backbone's own peak), nor is layer3's (256 channels, 8x8) after
+    it returns."""
+    held, peak = {}, {}
     for release in (False, True):
         model, _ = fcn(release)
         x = torch.randn(2, 3, SIZE, SIZE)
         meter = PeakMemoryMeter('cpu')
         with meter:
             outs = model.extract_feat(x)
-        held[release] = meter.net_bytes
+        held[release], peak[release] = meter.net_bytes, meter.peak_bytes
+        assert len(outs) == 4 and outs[3].shape == (2, 512, 8, 8)
         del outs
+    assert peak[False] - peak[True] >= 4 * 2 * (64 * 16 * 16 + 128 * 8 * 8)
     freed = 4 * 2 * (64 * 16 * 16 + 128 * 8 * 8 + 256 * 8 * 8)
     assert held[False] - held[True] >= freed
 
@@ -99,7 +104,7 @@ def test_heads_reading_every_output_or_unknown_readers():
         '_transform_inputs': lambda self, inputs: inputs})
     model.decode_head.__class__ = odd
     release = install_feature_release(model)
-    assert release.handle is None
+    assert release.handles == []
     assert release.reason == ('decode_head: OddHead is not known to read '
                               'only in_index')
 
