@@ -97,12 +97,14 @@ def test_a_configuration_that_cannot_be_written_is_not_chosen(measured):
 def test_a_family_stops_at_the_first_micro_batch_over_the_limit(measured):
     cfg, tried = measured
     plain = [m for m in tried if m.candidate.name == 'plain']
-    # micro-batch 1 does not fit: micro-batch 2 is not measured
+    # micro-batch 1 of 4 does not fit: 2 is not measured, the whole batch
+    # (no accumulation, which holds a gradient sum) still is
     limit = plain[0].total_bytes / 2
-    setup = FitSetup(torch.device('cpu'), BATCH, CROP)
+    setup = FitSetup(torch.device('cpu'), 4, CROP)
     again = measure_candidates(cfg, candidates()[:1], setup, limit)
-    assert [m.micro_batch for m in again] == [1]
-    assert not again[0].fits(limit)
+    assert [(m.micro_batch, m.accumulative_counts) for m in again] == [
+        (1, 4), (4, 1)]
+    assert not any(m.fits(limit) for m in again)
 
 
 def written(measured, tmp_path, index):

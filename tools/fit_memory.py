@@ -5,7 +5,7 @@ Measures the candidate configurations of CONFIG (a plugin config with one
 activation checkpointing, HOSVD and ASI in their leanest mode, mixed
 precision where the device has it, each at micro-batches 1 ... B through
 gradient accumulation (smallest first; a family stops at the first that
-does not fit); picks the fastest whose total tensor memory (held between
+does not fit, the whole batch then still measured); picks the fastest whose total tensor memory (held between
 steps + the step's peak) is at most the budget less the margin, writes a
 config inheriting CONFIG with the chosen settings and prints its
 ``mim train`` command (:mod:`mmseg_hosvd.bench.fit`).

@@ -220,17 +220,27 @@ def measure_candidates(cfg, candidates: Sequence[Candidate],
                        = None) -> List[Measurement]:
     """Every candidate at micro-batches ``1, ..., batch_size`` (divisors),
     smallest first, until one does not fit in ``limit_bytes`` (or runs out
-    of memory): larger ones would not fit either. ``progress`` gets each
-    measurement."""
+    of memory): larger ones with accumulation would not fit either. The
+    whole batch (no accumulation) is then still measured: accumulating
+    holds a gradient-sized sum beside each new gradient, so where the
+    trainable parameters' gradients outweigh the activations (small crops)
+    the whole batch can need less than one sample accumulated.
+    ``progress`` gets each measurement."""
     site, _ = find_compression_hook(cfg)
+    whole = setup.batch_size
     tried = []
+
+    def measured(candidate: Candidate, micro_batch: int) -> Measurement:
+        tried.append(measure(cfg, site, candidate, micro_batch, setup))
+        if progress is not None:
+            progress(tried[-1])
+        return tried[-1]
+
     for candidate in candidates:
-        for micro_batch in divisors(setup.batch_size):
-            measured = measure(cfg, site, candidate, micro_batch, setup)
-            tried.append(measured)
-            if progress is not None:
-                progress(measured)
-            if not measured.fits(limit_bytes):
+        for micro_batch in divisors(whole):
+            if not measured(candidate, micro_batch).fits(limit_bytes):
+                if micro_batch != whole:  # see the docstring
+                    measured(candidate, whole)
                 break
     return tried
 
