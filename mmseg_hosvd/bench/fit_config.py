@@ -1,0 +1,94 @@
+"""Write the configuration :func:`~.fit.fit_memory` chose as a config file.
+
+The written file inherits the user's config (``_base_``, a path relative to
+the written file) and sets only what changed: the compression hook's entry
+(the whole ``custom_hooks`` list, as mmengine replaces lists when merging;
+or the ``default_hooks`` entry), ``train_dataloader.batch_size`` (the
+micro-batch), ``optim_wrapper.accumulative_counts`` and, for mixed
+precision on CUDA, ``optim_wrapper.type='AmpOptimWrapper'``.
+"""
+import os
+import os.path as osp
+import pprint
+from typing import List
+
+from ..ops import MIB
+from .fit import FitResult, Measurement
+from .fit_candidates import (find_compression_hook, hook_entry,
+                             plain_tree, with_hook)
+
+
+def default_out(config_path: str, budget_mib: float,
+                root: str = 'work_dirs') -> str:
+    """``<root>/fit_memory/<config name>_fit<N>mib.py``."""
+    name = osp.splitext(osp.basename(config_path))[0]
+    return osp.join(root, 'fit_memory', f'{name}_fit{budget_mib:g}mib.py')
+
+
+def _assignment(name: str, value) -> str:
+    return f'{name} = {pprint.pformat(value, indent=1, width=76)}\n'
+
+
+def fitted_config_text(cfg, config_path: str, out_path: str,
+                       result: FitResult) -> str:
+    """The text of the config that runs ``result.choice``.
+
+    Raises:
+        ValueError: the choice cannot be written (see
+            :meth:`~.fit_candidates.Candidate.not_writable`).
+    """
+    choice: Measurement = result.choice
+    if choice.not_writable is not None:
+        raise ValueError(f'{choice.describe()}: {choice.not_writable}')
+    (place, key), entry = find_compression_hook(cfg)
+    entry = hook_entry(entry, choice.candidate)
+    base = osp.relpath(osp.abspath(config_path),
+                       osp.dirname(osp.abspath(out_path)))
+    counts = choice.accumulative_counts
+    lines = [
+        f'# Written by tools/fit_memory.py: {osp.basename(config_path)} '
+        f'fitted to {result.budget_bytes / MIB:g} MiB',
+        f'# (margin {result.margin_bytes / MIB:g} MiB) on '
+        f'{result.device.type}: {choice.describe()}, measured total',
+        f'# {choice.total_bytes / MIB:.1f} MiB at effective batch '
+        f'{result.batch_size}, crop {result.crop[0]}x{result.crop[1]}.',
+    ]
+    if counts > 1:
+        lines += [
+            f'# One iteration is one micro-batch: multiply train_cfg.'
+            f'max_iters, by-iteration scheduler bounds and intervals by '
+            f'{counts}',
+            '# to see as many samples as the base config.',
+        ]
+    text = '\n'.join(lines) + '\n' + _assignment('_base_', [base])
+    if place == 'custom_hooks':
+        hooks = with_hook(cfg, (place, key), entry).custom_hooks
+        text += _assignment('custom_hooks', plain_tree(list(hooks)))
+    else:
+        text += _assignment('default_hooks', {key: entry})
+    wrapper = {}
+    if counts > 1:
+        wrapper['accumulative_counts'] = counts
+    if choice.candidate.amp:  # CUDA only (CPU amp is not writable)
+        wrapper.update(type='AmpOptimWrapper', dtype='float16')
+    if wrapper:
+        text += _assignment('optim_wrapper', wrapper)
+    text += _assignment('train_dataloader',
+                        dict(batch_size=choice.micro_batch))
+    return text
+
+
+def write_fitted_config(cfg, config_path: str, out_path: str,
+                        result: FitResult) -> str:
+    """Write :func:`fitted_config_text` to ``out_path`` (folders made);
+    returns ``out_path``."""
+    text = fitted_config_text(cfg, config_path, out_path, result)
+    os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
+    with open(out_path, 'w') as f:
+        f.write(text)
+    return out_path
+
+
+def train_command(out_path: str, mim: str = '.venv/bin/mim') -> List[str]:
+    """``mim train mmsegmentation <out_path>``."""
+    return [mim, 'train', 'mmsegmentation', out_path]
