@@ -83,3 +83,19 @@ def test_plain_rows_switch_the_plugins_default_options_off():
                   ('vanilla', 'all', {'frozen_chunk': 1}),
                   ('hosvd', 'off', {'frozen_chunk': 1}),
                   ('hosvd', 'all', {'frozen_chunk': 1})]
+
+
+def test_labels_of_rows_and_records_with_options():
+    import dataclasses
+
+    from mmseg_hosvd.bench.report import method_label
+    from mmseg_hosvd.bench.rows import PRESETS
+    row = PRESETS['frontier'][3].at('fcn', '10L', 1)
+    expected = 'hosvd eps=0.8, lean all, lean loss, split_concat'
+    assert method_label({**dataclasses.asdict(row), 'batch': 8}) == (
+        expected + ', micro-batch 1')
+    record = dict(method='hosvd', eps=0.8, lean_backward='all',
+                  lean_loss=True, options={'split_concat': True,
+                                           'frozen_chunk': 1},
+                  micro_batch=8, batch=8)
+    assert method_label(record) == expected + ', frozen_chunk=1'

@@ -391,7 +391,8 @@ def run_memory_benchmark(args, configs: str, repo: str) -> List[dict]:
                 bar.update(steps)
             else:
                 bar.set_description(f'{row.model} {row.setup} ' +
-                                    method_label(dataclasses.asdict(row)))
+                                    method_label({**dataclasses.asdict(row),
+                                                  'batch': args.batch_size}))
 
         for _, table in itertools.groupby(
                 rows, key=lambda row: (row.model, row.setup)):

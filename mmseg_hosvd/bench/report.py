@@ -101,7 +101,7 @@ def method_label(record: dict) -> str:
         label += ', lean loss'
     if record.get('amp'):
         label += ', amp'
-    for key, value in (record.get('options') or {}).items():
+    for key, value in dict(record.get('options') or {}).items():
         label += f', {key}' if value is True else f', {key}={value}'
     micro = record.get('micro_batch')
     if micro is not None and micro != record.get('batch'):
