@@ -58,7 +58,7 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from .lean_backward import conv_norm_pairs
+from .lean_backward import conv_norm_pairs, replace_module
 from .ops.folding import LeanBatchNorm2d, NormFoldingConv2d
 
 
@@ -250,14 +250,6 @@ class FrozenForward:
                 'conv+BatchNorm pair(s) folded')
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module,
-             frozen: FrozenForward) -> None:
-    parent_path, _, attr = path.rpartition('.')
-    parent = model.get_submodule(parent_path) if parent_path else model
-    frozen.originals.setdefault(path, getattr(parent, attr))
-    setattr(parent, attr, new)
-
-
 def _fold_frozen_norms(model: nn.Module, frozen: FrozenForward) -> None:
     for conv_path, norm_path in list(conv_norm_pairs(model)):
         conv = model.get_submodule(conv_path)
@@ -270,9 +262,9 @@ def _fold_frozen_norms(model: nn.Module, frozen: FrozenForward) -> None:
             continue
         if type(norm) is not LeanBatchNorm2d:
             norm = LeanBatchNorm2d.from_norm(norm)
-            _replace(model, norm_path, norm, frozen)
+            replace_module(model, norm_path, norm, frozen.originals)
         folding = NormFoldingConv2d.from_conv(conv, always=True)
-        _replace(model, conv_path, folding, frozen)
+        replace_module(model, conv_path, folding, frozen.originals)
         folding.fold_norm(norm)
         frozen.folded.append((conv_path, norm_path))
 

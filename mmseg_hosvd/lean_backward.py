@@ -144,11 +144,13 @@ def _trainable(norm: _BatchNorm) -> bool:
                for p in (norm.weight, norm.bias))
 
 
-def _replace(model: nn.Module, path: str, new: nn.Module,
-             lean: LeanBackward) -> None:
+def replace_module(model: nn.Module, path: str, new: nn.Module,
+                   originals: Dict[str, nn.Module]) -> None:
+    """Put ``new`` at ``path`` of ``model``; the first module replaced at
+    ``path`` is kept in ``originals`` (for the undo)."""
     parent_path, _, attr = path.rpartition('.')
     parent = model.get_submodule(parent_path) if parent_path else model
-    lean.originals.setdefault(path, getattr(parent, attr))
+    originals.setdefault(path, getattr(parent, attr))
     setattr(parent, attr, new)
 
 
@@ -161,6 +163,7 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
     lean = LeanBackward(check_lean_backward(mode))
     if mode == 'off':
         return lean
+    originals = lean.originals
     if any(isinstance(m, (LeanBatchNorm2d, MaskedReLU, MaskedReLU6,
                           ShapeOnlyAdaptiveAvgPool2d, MaskedDropout))
            for m in model.modules()):
@@ -171,7 +174,8 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
         for path, module in list(model.named_modules()):
             if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) \
                     and module.track_running_stats:
-                _replace(model, path, LeanBatchNorm2d.from_norm(module), lean)
+                replace_module(model, path, LeanBatchNorm2d.from_norm(module),
+                               originals)
                 lean.lean_norms.append(path)
         for conv_path, norm_path in pairs:
             conv = model.get_submodule(conv_path)
@@ -183,19 +187,21 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
                 continue
             if _folding(conv) is None:
                 conv = NormFoldingConv2d.from_conv(conv)
-                _replace(model, conv_path, conv, lean)
+                replace_module(model, conv_path, conv, originals)
             _folding(conv).fold(norm)
             lean.folded.append((conv_path, norm_path))
     for path, module in list(model.named_modules()):
         if type(module) is nn.ReLU:
-            _replace(model, path, MaskedReLU(module.inplace), lean)
+            replace_module(model, path, MaskedReLU(module.inplace), originals)
             lean.masked_activations.append(path)
         elif type(module) is nn.ReLU6:
-            _replace(model, path, MaskedReLU6(module.inplace), lean)
+            replace_module(model, path, MaskedReLU6(module.inplace),
+                           originals)
             lean.masked_activations.append(path)
         elif type(module) is nn.AdaptiveAvgPool2d:
-            _replace(model, path,
-                     ShapeOnlyAdaptiveAvgPool2d(module.output_size), lean)
+            replace_module(model, path,
+                           ShapeOnlyAdaptiveAvgPool2d(module.output_size),
+                           originals)
             lean.shape_only_pools.append(path)
     masked: Dict[int, MaskedDropout] = {}  # one module may sit at two paths
     for path, module in list(model.named_modules(remove_duplicate=False)):
@@ -204,7 +210,7 @@ def install_lean_backward(model: nn.Module, mode: str = 'exact',
             if id(module) not in masked:
                 masked[id(module)] = MaskedDropout(module.p)
                 masked[id(module)].train(module.training)
-            _replace(model, path, masked[id(module)], lean)
+            replace_module(model, path, masked[id(module)], originals)
             lean.masked_dropouts.append(path)
     return lean
 
