@@ -250,7 +250,8 @@ def test_comparison_table_by_hand():
              step_saved_mib_mean=200.0, step_time_ratio_per_round=1.0),
         dict(base, model='fcn', method='hosvd', eps=0.8,
              lean_backward='all', lean_loss=True, step_peak_mib=100.0,
-             step_saved_mib_mean=20.0, step_time_ratio_per_round=1.1),
+             step_saved_mib_mean=20.0, step_time_ratio_per_round=1.1,
+             floor_mib=50.0, peak_over_floor=2.0),
         dict(base, model='upernet', method='vanilla', step_peak_mib=50.0,
              step_saved_mib_mean=10.0, step_time_ratio_per_round=None),
     ]
@@ -258,9 +259,11 @@ def test_comparison_table_by_hand():
     cells = [[c.strip() for c in line.strip('|').split('|')]
              for line in lines[2:]]
     assert cells[1][2:] == ['hosvd eps=0.8, lean all, lean loss', '100.0',
-                            '0.250', '20.0', '0.100', '1.10']
-    # each model is compared with its own first row
-    assert cells[2][3:] == ['50.0', '1.000', '10.0', '1.000', '-']
+                            '0.250', '20.0', '0.100', '50.0', '2.00',
+                            '1.10']
+    # each model is compared with its own first row; no floor: '-'
+    assert cells[2][3:] == ['50.0', '1.000', '10.0', '1.000', '-', '-',
+                            '-']
 
 
 def test_one_lean_backward_default():
