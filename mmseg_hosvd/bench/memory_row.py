@@ -62,12 +62,11 @@ class MemoryRow:
         self.seed = seed
         self.batches = batches
         self.device = device
+        # the first batch, read ahead: how many micro-batches it makes
         first = next(batches)
-        size = len(first['inputs'])
         counts = 1 if micro_batch is None else len(
             split_batch(first, micro_batch))
         self._first: Optional[dict] = first
-        self.batch_size = size
         self.step = TrainingStep.from_config(
             cfg, device, checkpoint=checkpoint, amp=amp, seed=seed,
             init_weights=False,
