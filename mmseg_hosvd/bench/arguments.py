@@ -3,9 +3,12 @@
 here, with the ``argparse`` types and the checks of their values.
 """
 import argparse
+import ast
+import dataclasses
 import os.path as osp
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
+from ..compression_config import CompressionConfig
 from ..lean_backward import LEAN_BACKWARD_MODES
 from .configs import MODEL_CONFIGS, SETUPS
 from .rows import DEFAULT_LEAN_BACKWARD
@@ -25,6 +28,22 @@ def eps_value(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f'eps must be in (0, 1], got {text!r}')
     return value
+
+
+def hook_option(text: str) -> Tuple[str, Any]:
+    """``'key=value'`` -> ``(key, literal value)``, the key checked against
+    :class:`~mmseg_hosvd.compression.CompressionConfig`'s fields."""
+    key, sep, value = text.partition('=')
+    names = [f.name for f in dataclasses.fields(CompressionConfig)]
+    if not sep or key not in names:
+        raise argparse.ArgumentTypeError(
+            f'expected KEY=VALUE with KEY one of {", ".join(names)}, got '
+            f'{text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        raise argparse.ArgumentTypeError(
+            f'{key}: {value!r} is not a Python literal') from None
 
 
 def positive_int(text: str) -> int:

@@ -10,7 +10,6 @@ each round, so that a load drifting during the run slows all rows alike.
 Sizes are in MiB (2**20 bytes), times in seconds.
 """
 import argparse
-import ast
 import dataclasses
 import itertools
 import json
@@ -22,11 +21,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..compression_config import CompressionConfig
 from ..ops import MIB, VANILLA
 from .arguments import (add_run_arguments, add_selection_arguments,
                         add_variant_arguments, check_run_arguments,
-                        eps_value, positive_int, unique)
+                        eps_value, hook_option, positive_int, unique)
 from .configs import MODEL_CONFIGS, SETUPS, leaf_config_path, load_leaf_config
 from .data import dataset_batches, synthetic_batches
 from .floor import inference_peak_bytes
@@ -98,22 +96,6 @@ def memory_parser(description: Optional[str] = None,
         'the "fastest that fits" table')
     parser.add_argument('--out', default=default_out, help='output folder')
     return parser
-
-
-def hook_option(text: str) -> Tuple[str, Any]:
-    """``'key=value'`` -> ``(key, literal value)``, the key checked against
-    :class:`~mmseg_hosvd.compression.CompressionConfig`'s fields."""
-    key, sep, value = text.partition('=')
-    names = [f.name for f in dataclasses.fields(CompressionConfig)]
-    if not sep or key not in names:
-        raise argparse.ArgumentTypeError(
-            f'expected KEY=VALUE with KEY one of {", ".join(names)}, got '
-            f'{text!r}')
-    try:
-        return key, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        raise argparse.ArgumentTypeError(
-            f'{key}: {value!r} is not a Python literal') from None
 
 
 def parse_memory_args(argv: Optional[Sequence[str]] = None,

@@ -191,11 +191,7 @@ class TrainingStep:
             raise ValueError('activation_checkpointing: expected None or '
                              f'one of {PLACEMENTS}, got '
                              f'{activation_checkpointing!r}')
-        if (isinstance(accumulative_counts, bool)
-                or not isinstance(accumulative_counts, int)
-                or accumulative_counts < 1):
-            raise ValueError('accumulative_counts: expected an int >= 1, '
-                             f'got {accumulative_counts!r}')
+        _check_counts(accumulative_counts)
         device = torch.device(device)
         if seed is None:
             seed = (cfg.get('randomness') or {}).get('seed')
@@ -307,6 +303,14 @@ class TrainingStep:
             for path, conv in self.installed.items()
             if getattr(conv, 'last_stats', None) is not None
         }
+
+
+def _check_counts(accumulative_counts: int) -> None:
+    if (isinstance(accumulative_counts, bool)
+            or not isinstance(accumulative_counts, int)
+            or accumulative_counts < 1):
+        raise ValueError('accumulative_counts: expected an int >= 1, '
+                         f'got {accumulative_counts!r}')
 
 
 @contextmanager
