@@ -17,7 +17,7 @@ from typing import Any, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from .rows import CHECKPOINT_PLACEMENT
+from .rows import CHECKPOINT_PLACEMENT, PLAIN_OPTIONS
 from .step import COMPRESSION_HOOK, PLAIN_WRAPPERS
 
 #: eps of the compression candidates when the config's method has none
@@ -150,13 +150,16 @@ def amp_supported(cfg, device: torch.device) -> bool:
 def default_candidates(entry: Mapping[str, Any], cfg,
                        device: torch.device) -> List[Candidate]:
     """The families measured by default: plain (the hook's method
-    ``'vanilla'``, lean modes off), plain with the exact lean modes,
+    ``'vanilla'``, lean modes and the plugin's default memory options
+    off, as the memory benchmark's plain rows), plain with the exact lean modes,
     plain + activation checkpointing, HOSVD and ASI in their leanest
     mode (the config's eps if its method has one, else 0.8) and, where
     mixed precision is supported, plain and HOSVD with it."""
     eps = entry.get('eps', DEFAULT_EPS) if entry.get('method') in (
         'svd', 'hosvd', 'asi') else DEFAULT_EPS
-    plain = dict(method='vanilla', lean_backward='off', lean_loss=False)
+    # what a user gets without the plugin: its default memory options off
+    plain = dict(method='vanilla', lean_backward='off', lean_loss=False,
+                 **dict(PLAIN_OPTIONS))
     lean = dict(lean_backward='all', lean_loss=True)
     amp_tag = ' + amp fp16' if device.type == 'cuda' else ' + cpu bf16 amp'
 
