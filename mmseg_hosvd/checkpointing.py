@@ -33,7 +33,7 @@ trainable modules (a whole stage) as one piece.
 """
 import contextlib
 from operator import attrgetter
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -147,10 +147,13 @@ def checkpoint_modules(model: nn.Module, paths: Sequence[str],
     return list(paths)
 
 
-def remove_checkpointing(model: nn.Module) -> int:
-    """Put the original modules back; returns how many were replaced."""
+def remove_checkpointing(model: nn.Module,
+                         paths: Optional[Sequence[str]] = None) -> int:
+    """Put the original modules back (those at ``paths``; None: every
+    :class:`CheckpointedModule`); returns how many were replaced."""
     found = [(path, module) for path, module in model.named_modules()
-             if isinstance(module, CheckpointedModule)]
+             if isinstance(module, CheckpointedModule)
+             and (paths is None or path in paths)]
     for path, module in found:
         parent, name = _parent_and_name(model, path)
         setattr(parent, name, module.inner)

@@ -17,7 +17,9 @@ with ``lean_loss``, the lean-loss segmentor class
 ``split_concat``, the split decode-head classes
 (:func:`~mmseg_hosvd.split_concat.install_split_concat`) and, with
 ``frozen_chunk`` / ``fold_frozen_norms``, the frozen-part forward
-(:func:`~mmseg_hosvd.frozen_forward.install_frozen_forward`);
+(:func:`~mmseg_hosvd.frozen_forward.install_frozen_forward`) and, with
+``activation_checkpointing``, checkpointed trainable blocks
+(:func:`~mmseg_hosvd.checkpointing.checkpoint_modules`), last;
 ``step_in_backward`` needs the optimizer and is installed by the hook or
 :class:`~mmseg_hosvd.bench.TrainingStep`. The config itself is
 :class:`~mmseg_hosvd.compression_config.CompressionConfig`. Every replacement
@@ -32,6 +34,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from .checkpointing import (checkpoint_modules, checkpoint_paths,
+                            remove_checkpointing)
 from .compat import prepare_mmseg
 from .compression_config import CompressionConfig, LayerEntry
 from .frozen_forward import (FrozenForward, install_frozen_forward,
@@ -82,6 +86,7 @@ class AppliedCompression:
     frozen: Optional[FrozenForward] = None
     split: SplitConcat = field(default_factory=SplitConcat)
     features: FeatureRelease = field(default_factory=FeatureRelease)
+    checkpointed: List[str] = field(default_factory=list)
 
     def set_norm_eval(self) -> None:
         """Put the BatchNorms back in eval mode (call after every
@@ -109,13 +114,17 @@ class AppliedCompression:
                 f'{self.lean.summary()}; lean loss: {self.config.lean_loss}; '
                 f'{self.split.summary()}; {self.features.summary()}' +
                 ('' if self.frozen is None else
-                 f'; {self.frozen.summary()}'))
+                 f'; {self.frozen.summary()}') +
+                (f'; checkpointed: {", ".join(self.checkpointed)}'
+                 if self.checkpointed else ''))
 
     def remove(self) -> None:
         """Revert every swap: the lean-loss class, the lean-backward
         modules, the compressed layers (the original ``nn.Conv2d`` /
         ``nn.Linear`` modules, which hold the same Parameters) and
         attention classes; restore each parameter's ``requires_grad``."""
+        remove_checkpointing(self.model, self.checkpointed)
+        self.checkpointed = []
         if self.frozen is not None:
             remove_frozen_forward(self.model, self.frozen)
         remove_feature_release(self.features)
@@ -205,6 +214,10 @@ def apply_compression(model: nn.Module,
     features = (install_feature_release(model)
                 if config.release_unused_features else FeatureRelease(
                     reason='release_unused_features=False'))
+    checkpointed = []
+    if config.activation_checkpointing is not None:
+        checkpointed = checkpoint_modules(model, checkpoint_paths(
+            model, config.activation_checkpointing))
     return AppliedCompression(model, config, layers, lean, norms,
                               requires_grad, lean_loss_installed, originals,
-                              frozen, split, features)
+                              frozen, split, features, checkpointed)

@@ -4,6 +4,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple, Union
 
+from .checkpointing import PLACEMENTS
 from .frozen_forward import check_frozen_chunk
 from .lean_backward import check_lean_backward
 from .ops import (ASI, MODULE_METHODS, NON_FINITE_MODES, VANILLA,
@@ -78,6 +79,13 @@ class CompressionConfig:
             output tuple as soon as it returns
             (:mod:`mmseg_hosvd.unused_features`); nothing computed
             changes.
+        activation_checkpointing: None, or ``'block'`` / ``'segment'``:
+            run the trainable blocks (or the largest trainable modules)
+            under non-reentrant ``torch.utils.checkpoint``, recomputing
+            their forward in backward (:mod:`mmseg_hosvd.checkpointing`;
+            exact gradients). Only with ``method='vanilla'``: a compressed
+            layer would decompose its input twice (and ``asi`` step its
+            bases twice).
 
     Raises:
         ValueError: naming the key and the bad value; also when the config
@@ -105,6 +113,7 @@ class CompressionConfig:
     fold_frozen_norms: bool = False
     split_concat: Union[bool, Tuple[str, ...]] = False
     release_unused_features: bool = True
+    activation_checkpointing: Optional[str] = None
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'CompressionConfig':
@@ -154,6 +163,7 @@ class CompressionConfig:
         self._check_num_layers()
         self._check_step_in_backward()
         self._check_frozen_forward()
+        self._check_checkpointing()
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)  # normalising a frozen field
@@ -235,6 +245,23 @@ class CompressionConfig:
                     f'{key} and norm_eval=False are incompatible: BatchNorms'
                     ' in training mode use batch statistics; set '
                     f'norm_eval=True or turn {key} off')
+
+    def _check_checkpointing(self) -> None:
+        placement = self.activation_checkpointing
+        if placement is None:
+            return
+        if placement not in PLACEMENTS:
+            raise ValueError('activation_checkpointing: expected None or one '
+                             f'of {PLACEMENTS}, got {placement!r}')
+        methods = {self.method} | {entry.get('method', self.method)
+                                   for entry in self.layers
+                                   if isinstance(entry, dict)}
+        if methods != {VANILLA}:
+            raise ValueError(
+                f'activation_checkpointing={placement!r} needs '
+                f"method='vanilla' (every layer), got {sorted(methods)}: a "
+                'checkpointed block recomputes its forward, so a compressed '
+                'layer in it would decompose its input twice')
 
     def subspace_tracker(self) -> SubspaceTracker:
         """A new ``asi`` state holder for this config."""

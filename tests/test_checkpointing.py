@@ -193,3 +193,67 @@ def test_10l_gradients_equal_without_checkpointing(name, placement, count):
     assert remove_checkpointing(model) == len(paths)
     assert list(model.state_dict()) == keys
     assert not any(isinstance(m, CheckpointedModule) for m in model.modules())
+
+
+def test_the_hook_key_checkpoints_after_freezing_and_is_removed():
+    from mmseg_hosvd.compression import CompressionConfig, apply_compression
+    cfg = Config.fromfile(
+        osp.join(CONFIGS, 'fcn', 'fcn_r18-d8_10l-vanilla_1xb8-20k_'
+                 'voc12aug-512x512.py'))
+    entry = dict(cfg.default_hooks.compression)
+    entry.pop('type')
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.pop('data_preprocessor', None)
+    model_cfg.backbone['init_cfg'] = None
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+    def step(model):
+        model.zero_grad(set_to_none=True)
+        model.decode_head(model.extract_feat(images)).square().mean(
+        ).backward()
+        return grads(model)
+
+    def built():
+        torch.manual_seed(0)
+        model = MODELS.build(copy.deepcopy(model_cfg)).double()
+        model.train()
+        return model
+
+    def applied_to(model, placement):
+        return apply_compression(model, CompressionConfig.from_hook_cfg(
+            dict(entry, activation_checkpointing=placement,
+                 release_unused_features=False)))
+
+    reference = built()
+    assert applied_to(reference, None).checkpointed == []
+    expected = step(reference)
+    model = built()
+    keys = list(model.state_dict())
+    applied = applied_to(model, 'block')
+    assert applied.checkpointed == checkpoint_paths(model, 'block')
+    assert len(applied.checkpointed) == 6
+    assert 'checkpointed: backbone.layer3.1' in applied.summary()
+    assert list(model.state_dict()) == keys
+    result = step(model)
+    assert result.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(result[name], expected[name])
+    applied.remove()
+    assert not any(isinstance(m, CheckpointedModule) for m in model.modules())
+    assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize('values, message', [
+    (dict(activation_checkpointing='layer'), "expected None or one of"),
+    (dict(activation_checkpointing='block', method='hosvd'),
+     "needs method='vanilla'"),
+    (dict(activation_checkpointing='block', method='vanilla',
+          layers=['a', dict(path='b', method='svd')]),
+     "needs method='vanilla'"),
+])
+def test_the_hook_key_refuses_bad_values(values, message):
+    from mmseg_hosvd.compression import CompressionConfig
+    values = dict(dict(layers=['decode_head.conv_seg']), **values)
+    with pytest.raises(ValueError, match=message) as error:
+        CompressionConfig(**values)
+    assert 'activation_checkpointing' in str(error.value)

@@ -5,17 +5,19 @@ Measures the candidate configurations of CONFIG (a plugin config with one
 activation checkpointing, HOSVD and ASI in their leanest mode, mixed
 precision where the device has it, each at micro-batches 1 ... B through
 gradient accumulation (smallest first; a family stops at the first that
-does not fit, the whole batch then still measured); picks the fastest whose total tensor memory (held between
-steps + the step's peak) is at most the budget less the margin, writes a
-config inheriting CONFIG with the chosen settings and prints its
-``mim train`` command (:mod:`mmseg_hosvd.bench.fit`).
+does not fit, the whole batch then still measured); picks the fastest
+whose total tensor memory (held between steps + the step's peak) is at
+most the budget less the margin, writes a config inheriting CONFIG with the
+chosen settings and prints its ``mim train`` command
+(:mod:`mmseg_hosvd.bench.fit`). Several budgets share one search and get
+one config each. Exit status 2 if a budget fits nothing.
 
-Usage: python tools/fit_memory.py CONFIG --budget-mib N [--device cpu]
+Usage: python tools/fit_memory.py CONFIG --budget-mib N [N ...] [--device cpu]
 """
 import shlex
 import sys
 
-from mmseg_hosvd.bench.fit import BudgetTooSmall, default_crop, fit_memory
+from mmseg_hosvd.bench.fit import default_crop, fit_budgets
 from mmseg_hosvd.bench.fit_cli import (mib_text, parse_fit_args, print_table,
                                        row)
 from mmseg_hosvd.bench.fit_config import (default_out, train_command,
@@ -33,30 +35,33 @@ def main(argv=None) -> int:
     cfg = Config.fromfile(args.config)
     try:
         crop = tuple(args.crop) if args.crop else default_crop(cfg)
-        result = fit_memory(
+        results = fit_budgets(
             cfg, args.budget_mib, args.device, args.batch_size, crop,
             args.checkpoint, args.data_root, args.margin,
             progress=lambda m: print('measured: ' + row(m), file=sys.stderr,
                                      flush=True))
-    except BudgetTooSmall as error:
-        print_table(error.tried)
-        print(f'error: {error}', file=sys.stderr)
-        return 2
     except ValueError as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
-    print_table(result.tried)
-    print(f'device {result.device}, effective batch {result.batch_size}, '
-          f'crop {crop[0]}x{crop[1]}, budget {args.budget_mib:g} MiB less '
-          f'margin {result.margin_bytes / MIB:g} MiB')
-    print(f'choice: {result.choice.describe()}, total '
-          f'{mib_text(result.choice.total_bytes)} MiB, '
-          f'{result.choice.seconds_per_batch:.3f} s per effective batch')
-    out = args.out or default_out(args.config, args.budget_mib)
-    write_fitted_config(cfg, args.config, out, result)
-    print(f'config: {out}')
-    print('$ ' + shlex.join(train_command(out)))
-    return 0
+    print_table(results[0].tried)
+    print(f'device {results[0].device}, effective batch '
+          f'{results[0].batch_size}, crop {crop[0]}x{crop[1]}')
+    status = 0
+    for budget, result in zip(args.budget_mib, results):
+        head = (f'budget {budget:g} MiB less margin '
+                f'{result.margin_bytes / MIB:g} MiB')
+        if result.choice is None:
+            print(f'{head}: error: {result.error}', file=sys.stderr)
+            status = 2
+            continue
+        print(f'{head}: choice: {result.choice.describe()}, total '
+              f'{mib_text(result.choice.total_bytes)} MiB, '
+              f'{result.choice.seconds_per_batch:.3f} s per effective batch')
+        out = args.out or default_out(args.config, budget)
+        write_fitted_config(cfg, args.config, out, result)
+        print(f'config: {out}')
+        print('$ ' + shlex.join(train_command(out)))
+    return status
 
 
 if __name__ == '__main__':

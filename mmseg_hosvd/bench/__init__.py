@@ -20,6 +20,7 @@
 * :class:`StepProbeHook`, :class:`ProgressBarHook`: the probe and a
   progress bar as Runner hooks.
 """
+from ..engine.optim_wrapper import CPUBFloat16OptimWrapper
 from .configs import (LEAF_EPS, MODEL_CONFIGS, SETUPS, eps_tag,
                       leaf_config_path, leaf_tag, load_leaf_config,
                       parse_leaf_tag)
@@ -30,8 +31,8 @@ from .memory_row import MemoryRow, per_round_ratios
 from .probe import StepMeasurement, StepProbe, SyncTimer
 from .rows import (CHECKPOINT, DEFAULT_LEAN_BACKWARD, MEMORY_METHODS,
                    METHODS, PRESETS, BenchmarkRow, memory_rows)
-from .step import (CPUBFloat16OptimWrapper, TrainingStep,
-                   amp_optim_wrapper_cfg, compression_configs, quiet_logger)
+from .step import (TrainingStep, amp_optim_wrapper_cfg, compression_configs,
+                   quiet_logger)
 
 __all__ = [
     'LEAF_EPS', 'MODEL_CONFIGS', 'SETUPS', 'eps_tag', 'leaf_config_path',

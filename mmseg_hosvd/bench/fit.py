@@ -23,8 +23,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..engine.tensor_memory_hook import held_bytes
 from ..ops import MIB
-from ..surgery import compression_state_dict
 from .data import dataset_batches, synthetic_batches
 from .fit_candidates import (Candidate, HookSite, default_candidates,
                              find_compression_hook, hook_entry, with_hook)
@@ -37,17 +37,14 @@ Crop = Tuple[int, int]
 class Measurement:
     """One candidate at one micro-batch. Sizes in bytes, times in seconds.
 
-    ``total_bytes`` is None when the device ran out of memory;
-    ``not_writable`` says why it cannot be written as a config (None: it
-    can)."""
+    ``total_bytes`` is None when the device ran out of memory."""
     candidate: Candidate
     micro_batch: int
     accumulative_counts: int
-    resident_bytes: Optional[int]
+    held_bytes: Optional[int]
     peak_bytes: Optional[int]
     total_bytes: Optional[int]
     seconds_per_batch: Optional[float]
-    not_writable: Optional[str] = None
 
     def fits(self, limit_bytes: float) -> bool:
         return self.total_bytes is not None and self.total_bytes <= limit_bytes
@@ -82,26 +79,27 @@ class BudgetTooSmall(RuntimeError):
 
 @dataclasses.dataclass
 class FitResult:
-    """:func:`fit_memory`'s answer: the choice and every configuration
-    tried, in measuring order."""
-    choice: Measurement
+    """The answer for one budget: the choice (None, with ``error``, when
+    nothing fits) and every configuration tried, in measuring order."""
+    choice: Optional[Measurement]
     tried: List[Measurement]
     budget_bytes: int
     margin_bytes: int
     batch_size: int
     crop: Crop
     device: torch.device
+    error: Optional[BudgetTooSmall] = None
 
 
 def choose(tried: Sequence[Measurement], limit_bytes: float) -> Measurement:
-    """The fastest writable configuration of ``tried`` whose total is at
-    most ``limit_bytes`` (ties: the smaller total).
+    """The fastest configuration of ``tried`` whose total is at most
+    ``limit_bytes`` (ties: the smaller total).
 
     Raises:
         BudgetTooSmall: none fits (with the lowest total measured).
     """
-    fitting = [m for m in tried if m.not_writable is None
-               and m.fits(limit_bytes) and m.seconds_per_batch is not None]
+    fitting = [m for m in tried
+               if m.fits(limit_bytes) and m.seconds_per_batch is not None]
     if fitting:
         return min(fitting,
                    key=lambda m: (m.seconds_per_batch, m.total_bytes))
@@ -113,28 +111,6 @@ def choose(tried: Sequence[Measurement], limit_bytes: float) -> Measurement:
 def divisors(batch_size: int) -> List[int]:
     """The micro-batches of an effective batch, smallest first."""
     return [m for m in range(1, batch_size + 1) if batch_size % m == 0]
-
-
-def resident_bytes(run: MemoryRow) -> int:
-    """Bytes held between steps: every storage of the model's parameters and
-    buffers, the optimizer state and the compression state, once."""
-    step = run.step
-    tensors = list(step.model.parameters()) + list(step.model.buffers())
-    for state in step.optim_wrapper.optimizer.state.values():
-        tensors += [v for v in state.values() if torch.is_tensor(v)]
-    stack = [compression_state_dict(step.model)]
-    while stack:
-        node = stack.pop()
-        for value in (node.values() if isinstance(node, dict) else node):
-            if torch.is_tensor(value):
-                tensors.append(value)
-            elif isinstance(value, (dict, list, tuple)):
-                stack.append(value)
-    storages = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
-    return sum(storages.values())
 
 
 @dataclasses.dataclass
@@ -179,7 +155,7 @@ def measure(cfg, site: HookSite, candidate: Candidate, micro_batch: int,
     counts = setup.batch_size // micro_batch
     cfg = measurement_config(cfg, site, candidate, setup.crop)
     result = Measurement(candidate, micro_batch, counts, None, None, None,
-                         None, candidate.not_writable(device))
+                         None)
     cuda = device.type == 'cuda'
     gc.collect()
     if cuda:
@@ -190,10 +166,10 @@ def measure(cfg, site: HookSite, candidate: Candidate, micro_batch: int,
         run = MemoryRow(cfg, setup.batches(cfg), device,
                         checkpoint=setup.checkpoint, amp=candidate.amp,
                         seed=setup.seed,
-                        activation_checkpointing=candidate.checkpointing,
                         micro_batch=micro_batch if counts > 1 else None)
         run.warm_up()
-        result.resident_bytes = resident_bytes(run)
+        result.held_bytes = held_bytes(run.step.model,
+                                       run.step.optim_wrapper.optimizer)
         result.peak_bytes = run.peak_bytes
         times, cuda_total = [], 0
         for _ in range(setup.timed_steps):
@@ -203,7 +179,7 @@ def measure(cfg, site: HookSite, candidate: Candidate, micro_batch: int,
                     device) - baseline)
         result.seconds_per_batch = min(times)
         result.total_bytes = (cuda_total if cuda else
-                              result.resident_bytes + result.peak_bytes)
+                              result.held_bytes + result.peak_bytes)
     except torch.cuda.OutOfMemoryError:
         result.total_bytes = result.seconds_per_batch = None
     finally:
@@ -258,20 +234,23 @@ def default_crop(cfg) -> Crop:
     return tuple(size)
 
 
-def fit_memory(cfg, budget_mib: float, device='cpu',
-               batch_size: Optional[int] = None, crop: Optional[Crop] = None,
-               checkpoint: Optional[str] = None,
-               data_root: Optional[str] = None,
-               margin_mib: Optional[float] = None,
-               candidates: Optional[Sequence[Candidate]] = None,
-               progress: Optional[Callable[[Measurement], None]] = None
-               ) -> FitResult:
+def fit_budgets(cfg, budgets_mib: Sequence[float], device='cpu',
+                batch_size: Optional[int] = None,
+                crop: Optional[Crop] = None,
+                checkpoint: Optional[str] = None,
+                data_root: Optional[str] = None,
+                margin_mib: Optional[float] = None,
+                candidates: Optional[Sequence[Candidate]] = None,
+                progress: Optional[Callable[[Measurement], None]] = None
+                ) -> List[FitResult]:
     """Measure the candidates of ``cfg`` (a plugin config: one
-    ``ActivationCompressionHook`` entry) and choose the fastest that fits.
+    ``ActivationCompressionHook`` entry) once, up to the largest budget,
+    and choose the fastest that fits each budget.
 
     Args:
         cfg: mmengine ``Config``.
-        budget_mib: the tensor memory available (MiB = 2**20 bytes).
+        budgets_mib: the tensor memory available (MiB = 2**20 bytes), one
+            or more budgets.
         device: where to measure (and train).
         batch_size: the effective batch (default: the config's
             ``train_dataloader.batch_size``).
@@ -279,12 +258,15 @@ def fit_memory(cfg, budget_mib: float, device='cpu',
         checkpoint: weights to start from (default: random).
         data_root: a VOC-layout tree read with the config's pipeline
             (default: synthetic batches).
-        margin_mib: kept free of the budget (default: 5 % of it).
+        margin_mib: kept free of every budget (default: 5 % of each).
         candidates: default: :func:`~.fit_candidates.default_candidates`.
+
+    Returns:
+        one :class:`FitResult` per budget, in order; where nothing fits,
+        its ``choice`` is None and ``error`` says what came closest.
 
     Raises:
         ValueError: no compression hook, no batch size, bad budget/margin.
-        BudgetTooSmall: nothing fits.
     """
     device = torch.device(device)
     _, entry = find_compression_hook(cfg)
@@ -293,16 +275,42 @@ def fit_memory(cfg, budget_mib: float, device='cpu',
         if batch_size is None:
             raise ValueError(f'{cfg.filename}: train_dataloader.batch_size '
                              'is not set; give the batch size')
-    margin_mib = 0.05 * budget_mib if margin_mib is None else margin_mib
-    if budget_mib <= 0 or margin_mib < 0 or margin_mib >= budget_mib:
-        raise ValueError(f'budget {budget_mib} MiB, margin {margin_mib} MiB:'
-                         ' expected budget > margin >= 0')
+    if not budgets_mib:
+        raise ValueError('no budget given')
+    margins = [0.05 * b if margin_mib is None else margin_mib
+               for b in budgets_mib]
+    for budget, margin in zip(budgets_mib, margins):
+        if budget <= 0 or margin < 0 or margin >= budget:
+            raise ValueError(f'budget {budget} MiB, margin {margin} MiB:'
+                             ' expected budget > margin >= 0')
     setup = FitSetup(device, batch_size, tuple(crop or default_crop(cfg)),
                      checkpoint, data_root,
                      (cfg.get('randomness') or {}).get('seed', 0))
     if candidates is None:
         candidates = default_candidates(entry, cfg, device)
-    limit = (budget_mib - margin_mib) * MIB
-    tried = measure_candidates(cfg, candidates, setup, limit, progress)
-    return FitResult(choose(tried, limit), tried, int(budget_mib * MIB),
-                     int(margin_mib * MIB), batch_size, setup.crop, device)
+    limits = [(b - m) * MIB for b, m in zip(budgets_mib, margins)]
+    tried = measure_candidates(cfg, candidates, setup, max(limits), progress)
+    results = []
+    for budget, margin, limit in zip(budgets_mib, margins, limits):
+        result = FitResult(None, tried, int(budget * MIB), int(margin * MIB),
+                           batch_size, setup.crop, device)
+        try:
+            result.choice = choose(tried, limit)
+        except BudgetTooSmall as error:
+            result.error = error
+        results.append(result)
+    return results
+
+
+def fit_memory(cfg, budget_mib: float, device='cpu',
+               **options) -> FitResult:
+    """:func:`fit_budgets` for one budget (same options).
+
+    Raises:
+        ValueError: as :func:`fit_budgets`.
+        BudgetTooSmall: nothing fits (with the lowest total measured).
+    """
+    result, = fit_budgets(cfg, [budget_mib], device, **options)
+    if result.error is not None:
+        raise result.error
+    return result

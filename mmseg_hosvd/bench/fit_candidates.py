@@ -2,9 +2,9 @@
 
 A :class:`Candidate` is one family of settings: a dict of overrides of the
 config's ``ActivationCompressionHook`` keys (adding a key to a candidate is
-one more entry in its ``hook`` dict), mixed precision, activation
-checkpointing, whether its gradients are exact, and what the plugin's docs
-say about its accuracy. The micro-batch is measured per candidate by
+one more entry in its ``hook`` dict; activation checkpointing is the hook's
+``activation_checkpointing`` key), mixed precision, whether its gradients
+are exact, and what the plugin's docs say about its accuracy. The micro-batch is measured per candidate by
 :mod:`.fit`.
 
 :func:`find_compression_hook` locates the hook entry a candidate's overrides
@@ -13,11 +13,11 @@ key).
 """
 import copy
 import dataclasses
-from typing import Any, List, Mapping, Optional, Tuple, Union
+from typing import Any, List, Mapping, Tuple, Union
 
 import torch
 
-from .rows import CHECKPOINT_PLACEMENT, PLAIN_OPTIONS
+from .rows import BEST_OPTIONS, CHECKPOINT_PLACEMENT, PLAIN_OPTIONS
 from .step import COMPRESSION_HOOK, PLAIN_WRAPPERS
 
 #: eps of the compression candidates when the config's method has none
@@ -36,17 +36,6 @@ ACCURACY_NOTES = {
 #: AMP's accuracy note (docs/benchmarks.md, "Which to pick")
 AMP_NOTE = ('mixed precision: CamVid accuracy not run (docs/benchmarks.md, '
             'Which to pick)')
-#: why a checkpointing candidate cannot be written as a config
-CHECKPOINTING_NOT_WRITABLE = (
-    'no config key checkpoints what was measured (backbones\' with_cp skips '
-    'a block whose input needs no grad; mmengine\'s activation_checkpointing '
-    'gives the first trainable block after a frozen one no gradient)')
-#: why CPU mixed precision cannot be written as a config
-CPU_AMP_NOT_WRITABLE = (
-    'CPU bf16 autocast needs CPUBFloat16OptimWrapper (mmseg_hosvd.bench.'
-    'step), which custom_imports=mmseg_hosvd.engine does not register')
-
-
 @dataclasses.dataclass(frozen=True)
 class Candidate:
     """One family of settings measured at several micro-batches.
@@ -54,27 +43,16 @@ class Candidate:
     Args:
         name: what the table calls it.
         hook: overrides of the compression hook's keys.
-        amp: mixed precision (bf16 autocast on the CPU, ``AmpOptimWrapper``
-            float16 on CUDA).
-        checkpointing: activation checkpointing placement, or None.
+        amp: mixed precision (``CPUBFloat16OptimWrapper`` on the CPU,
+            ``AmpOptimWrapper`` float16 on CUDA).
         exact: whether its gradients equal plain fine-tuning's.
         accuracy: the one-line accuracy note of the table.
     """
     name: str
     hook: Mapping[str, Any]
     amp: bool = False
-    checkpointing: Optional[str] = None
     exact: bool = True
     accuracy: str = EXACT_NOTE
-
-    def not_writable(self, device: torch.device) -> Optional[str]:
-        """Why this candidate cannot be written as a config on ``device``
-        (None: it can)."""
-        if self.checkpointing is not None:
-            return CHECKPOINTING_NOT_WRITABLE
-        if self.amp and device.type == 'cpu':
-            return CPU_AMP_NOT_WRITABLE
-        return None
 
 
 HookSite = Tuple[str, Union[int, str]]
@@ -151,10 +129,12 @@ def default_candidates(entry: Mapping[str, Any], cfg,
                        device: torch.device) -> List[Candidate]:
     """The families measured by default: plain (the hook's method
     ``'vanilla'``, lean modes and the plugin's default memory options
-    off, as the memory benchmark's plain rows), plain with the exact lean modes,
-    plain + activation checkpointing, HOSVD and ASI in their leanest
-    mode (the config's eps if its method has one, else 0.8) and, where
-    mixed precision is supported, plain and HOSVD with it."""
+    off, as the memory benchmark's plain rows), plain with the exact lean
+    modes, plain + activation checkpointing (the hook's
+    ``activation_checkpointing``), HOSVD and ASI in their leanest mode with
+    the frontier's options (``split_concat``; the config's eps if its
+    method has one, else 0.8) and, where mixed precision is supported,
+    plain and HOSVD with it."""
     eps = entry.get('eps', DEFAULT_EPS) if entry.get('method') in (
         'svd', 'hosvd', 'asi') else DEFAULT_EPS
     # what a user gets without the plugin: its default memory options off
@@ -167,9 +147,11 @@ def default_candidates(entry: Mapping[str, Any], cfg,
         note = ACCURACY_NOTES.get(
             (method, eps), f'no CamVid figure for {method} eps {eps} in the '
             'docs (docs/camvid.md)')
+        note += '; CamVid runs were without split_concat'
         return Candidate(
-            f'{method} {eps} lean all' + (amp_tag if amp else ''),
-            dict(method=method, eps=eps, **lean), amp=amp, exact=False,
+            f'{method} {eps} lean all split' + (amp_tag if amp else ''),
+            dict(method=method, eps=eps, **lean, **dict(BEST_OPTIONS)),
+            amp=amp, exact=False,
             accuracy=f'{note}; {AMP_NOTE}' if amp else note)
 
     candidates = [
@@ -177,8 +159,8 @@ def default_candidates(entry: Mapping[str, Any], cfg,
         Candidate('plain lean exact',
                   dict(method='vanilla', lean_backward='exact',
                        lean_loss=True)),
-        Candidate('plain + checkpointing', plain,
-                  checkpointing=CHECKPOINT_PLACEMENT),
+        Candidate('plain + checkpointing',
+                  dict(plain, activation_checkpointing=CHECKPOINT_PLACEMENT)),
         compressed('hosvd'),
         compressed('asi'),
     ]

@@ -2,20 +2,30 @@
 
 The written file inherits the user's config (``_base_``, a path relative to
 the written file) and sets only what changed: the compression hook's entry
-(the whole ``custom_hooks`` list, as mmengine replaces lists when merging;
-or the ``default_hooks`` entry), ``train_dataloader.batch_size`` (the
-micro-batch), ``optim_wrapper.accumulative_counts`` and, for mixed
-precision on CUDA, ``optim_wrapper.type='AmpOptimWrapper'``.
+(the ``default_hooks`` entry, or its place in ``custom_hooks``),
+``custom_hooks`` (written whole, as mmengine replaces lists when merging)
+with a :class:`~mmseg_hosvd.engine.TensorMemoryHook` that meters the run
+against the budget, ``train_dataloader.batch_size`` (the micro-batch),
+``optim_wrapper.accumulative_counts`` and, for mixed precision,
+``optim_wrapper.type``: ``'AmpOptimWrapper'`` (float16) on CUDA,
+``'CPUBFloat16OptimWrapper'`` on the CPU.
 """
 import os
 import os.path as osp
 import pprint
-from typing import List
+from typing import List, Optional
 
 from ..ops import MIB
 from .fit import FitResult, Measurement
 from .fit_candidates import (find_compression_hook, hook_entry,
                              plain_tree, with_hook)
+
+
+#: the hook the written config meters its run with
+METER = 'TensorMemoryHook'
+#: its interval after the first two optimizer steps (on the CPU a metered
+#: iteration runs under the profiler)
+METER_INTERVAL = 100
 
 
 def default_out(config_path: str, budget_mib: float,
@@ -34,12 +44,11 @@ def fitted_config_text(cfg, config_path: str, out_path: str,
     """The text of the config that runs ``result.choice``.
 
     Raises:
-        ValueError: the choice cannot be written (see
-            :meth:`~.fit_candidates.Candidate.not_writable`).
+        ValueError: ``result`` has no choice (nothing fitted).
     """
-    choice: Measurement = result.choice
-    if choice.not_writable is not None:
-        raise ValueError(f'{choice.describe()}: {choice.not_writable}')
+    choice: Optional[Measurement] = result.choice
+    if choice is None:
+        raise ValueError(f'nothing to write: {result.error}')
     (place, key), entry = find_compression_hook(cfg)
     entry = hook_entry(entry, choice.candidate)
     base = osp.relpath(osp.abspath(config_path),
@@ -61,16 +70,24 @@ def fitted_config_text(cfg, config_path: str, out_path: str,
             '# to see as many samples as the base config.',
         ]
     text = '\n'.join(lines) + '\n' + _assignment('_base_', [base])
+    hooks = list(cfg.get('custom_hooks') or [])
     if place == 'custom_hooks':
-        hooks = with_hook(cfg, (place, key), entry).custom_hooks
-        text += _assignment('custom_hooks', plain_tree(list(hooks)))
+        hooks = list(with_hook(cfg, (place, key), entry).custom_hooks)
     else:
         text += _assignment('default_hooks', {key: entry})
+    hooks = [h for h in plain_tree(hooks)
+             if not (isinstance(h, dict) and h.get('type') == METER)]
+    hooks.append(dict(type=METER, interval=METER_INTERVAL,
+                      begin_iters=2 * counts,
+                      budget_mib=result.budget_bytes / MIB))
+    text += _assignment('custom_hooks', hooks)
     wrapper = {}
     if counts > 1:
         wrapper['accumulative_counts'] = counts
-    if choice.candidate.amp:  # CUDA only (CPU amp is not writable)
+    if choice.candidate.amp and result.device.type == 'cuda':
         wrapper.update(type='AmpOptimWrapper', dtype='float16')
+    elif choice.candidate.amp:
+        wrapper.update(type='CPUBFloat16OptimWrapper')
     if wrapper:
         text += _assignment('optim_wrapper', wrapper)
     text += _assignment('train_dataloader',

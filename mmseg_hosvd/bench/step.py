@@ -25,7 +25,7 @@ the last.
 
 Mixed precision (``amp=True``): on CUDA the optim wrapper becomes mmengine's
 ``AmpOptimWrapper`` (float16, loss scaling); on the CPU, where
-``AmpOptimWrapper`` refuses to run, a :class:`CPUBFloat16OptimWrapper`, i.e.
+``AmpOptimWrapper`` refuses to run, a :class:`~mmseg_hosvd.engine.CPUBFloat16OptimWrapper`, i.e.
 the config's ``OptimWrapper`` whose ``optim_context`` (forward and loss) runs
 under ``torch.autocast('cpu', dtype=torch.bfloat16)``.
 """
@@ -37,7 +37,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from mmengine.optim import OptimWrapper
-from mmengine.registry import OPTIM_WRAPPERS
 
 from ..checkpointing import PLACEMENTS, checkpoint_modules, checkpoint_paths
 from ..compression import (AppliedCompression, CompressionConfig,
@@ -51,22 +50,9 @@ PLAIN_WRAPPERS = ('OptimWrapper', 'AmpOptimWrapper',
 REVISE_KEYS = [(r'^module\.', '')]
 
 
-@OPTIM_WRAPPERS.register_module()
-class CPUBFloat16OptimWrapper(OptimWrapper):
-    """``OptimWrapper`` whose forward/loss (``optim_context``) runs under
-    CPU bfloat16 autocast: the CPU counterpart of ``AmpOptimWrapper``
-    (backward and the optimizer step stay outside autocast, as there)."""
-
-    @contextmanager
-    def optim_context(self, model: nn.Module) -> Iterator[None]:
-        with super().optim_context(model), torch.autocast(
-                device_type='cpu', dtype=torch.bfloat16):
-            yield
-
-
 def amp_optim_wrapper_cfg(cfg: dict, device: torch.device) -> dict:
     """The config's optim wrapper with mixed precision for ``device``:
-    ``AmpOptimWrapper`` (float16) on CUDA, :class:`CPUBFloat16OptimWrapper`
+    ``AmpOptimWrapper`` (float16) on CUDA, :class:`~mmseg_hosvd.engine.CPUBFloat16OptimWrapper`
     on the CPU; everything else (optimizer, ``clip_grad``) unchanged.
 
     Raises:
