@@ -7,12 +7,13 @@ of the effective batch ``B``, through gradient accumulation), smallest
 first, and stops measuring a candidate once a micro-batch does not fit;
 :func:`choose` then picks the fastest measured configuration whose total is
 at most the budget less the margin. Measuring (:func:`measure_candidates`)
-and choosing are separate, so a choice can be re-made for another budget
-without measuring again.
+and choosing are separate: :func:`fit_budgets` measures once, up to the
+largest of several budgets, and chooses for each.
 
 The total of a configuration is tensor memory as the allocator sees it
-(bytes): what is held between steps (parameters, buffers, optimizer state,
-the ``asi`` bases, after a warm-up step) plus the effective step's peak
+(bytes): what is held between steps
+(:func:`~mmseg_hosvd.engine.tensor_memory_hook.held_bytes`: parameters,
+buffers, optimizer state, the ``asi`` bases, after a warm-up step) plus the effective step's peak
 above that (:attr:`~.memory_row.MemoryRow.peak_bytes`: activations,
 gradients, temporaries). On CUDA it is ``max_memory_allocated`` during a
 step above what was allocated before the configuration was built.
