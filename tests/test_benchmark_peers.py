@@ -291,3 +291,22 @@ def test_leaf_tags_come_from_the_method_registry():
         leaf_tag('svd')
     with pytest.raises(ValueError, match="got method='lora'"):
         leaf_config_path(CONFIGS, 'fcn', '5L', 'lora')
+
+
+@pytest.mark.parametrize('placement', [None, 'block'])
+def test_hook_key_checkpointing_turns_the_graph_walk_off(placement):
+    """The hook's ``activation_checkpointing`` key, as the fit tool's
+    checkpointing candidate sets it: no graph walk through the checkpointed
+    modules (it would run their recomputation outside backward)."""
+    from mmseg_hosvd.bench import MemoryRow
+    cfg = load_leaf_config(CONFIGS, 'fcn', '10L', 'vanilla',
+                           crop=(CROP, CROP))
+    cfg.default_hooks.compression.update(activation_checkpointing=placement)
+    cfg.default_hooks.activation_memory = dict(type='ActivationMemoryHook')
+    row = MemoryRow(cfg, synthetic_batches(B, (CROP, CROP), 21, 0),
+                    torch.device('cpu'))
+    checkpointed = [p for p, m in row.step.model.named_modules()
+                    if isinstance(m, CheckpointedModule)]
+    assert checkpointed == (FCN_10L_BLOCKS if placement else [])
+    assert row.probe.breakdown is (placement is None)
+    row.close()

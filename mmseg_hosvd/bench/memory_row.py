@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from ..checkpointing import CheckpointedModule
 from ..peak_memory import PeakMemoryMeter
 from .anatomy import PeakAnatomy, peak_anatomy
 from .data import split_batch
@@ -72,13 +73,16 @@ class MemoryRow:
             init_weights=False,
             activation_checkpointing=activation_checkpointing,
             accumulative_counts=counts)
-        # no graph walk through checkpointed modules: reading their saved
+        # no graph walk through checkpointed modules (this argument's or
+        # the hook's activation_checkpointing): reading their saved
         # tensors would run the recomputation there, outside backward
+        checkpointed = any(isinstance(module, CheckpointedModule)
+                           for module in self.step.model.modules())
         self.probe = StepProbe(self.step.model,
                                self.step.optim_wrapper.optimizer,
                                self.step.trainable_parameters(),
                                self.step.state_tensors(), device,
-                               breakdown=activation_checkpointing is None)
+                               breakdown=not checkpointed)
         self.peak_bytes: Optional[int] = None
         self.measurements: List[StepMeasurement] = []
         self.cuda_peaks: List[int] = []
