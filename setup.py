@@ -37,8 +37,10 @@ EXTRAS_REQUIRE = {
     'mim': ['click', 'colorama', 'model-index', 'pandas', 'requests', 'rich',
             'tabulate'],
     # import-linter checks the layer contracts (.importlinter); it needs
-    # Python >= 3.11, like the lock file
-    'tests': ['pytest', 'import-linter>=2.1; python_version>="3.11"'] +
+    # Python >= 3.11, like the lock file; the test command runs two
+    # pytest-xdist workers (pytest -n 2)
+    'tests': ['pytest', 'pytest-xdist',
+              'import-linter>=2.1; python_version>="3.11"'] +
     TOOLS_REQUIRE,
 }
 

@@ -3,6 +3,7 @@ two session-wide savings that change no result (see ``pytest_collection_finish``
 and ``memoised_mmseg_bases``)."""
 import copy
 import gc
+import os
 import os.path as osp
 import uuid
 from typing import Optional
@@ -164,3 +165,14 @@ def pytest_collection_finish(session):
     and test items, which live for the whole session anyway)."""
     gc.collect()
     gc.freeze()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the test command's ``-n 2``), one thread per
+    worker, for its own ops and the processes it starts (``mim train``,
+    DDP ranks): two workers with two threads each would oversubscribe
+    the two cores."""
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        import torch
+        os.environ['OMP_NUM_THREADS'] = '1'
+        torch.set_num_threads(1)
