@@ -1,6 +1,7 @@
 """Shared fixtures: a generated tiny VOC tree and tiny-run config overrides;
-two session-wide savings that change no result (see ``pytest_collection_finish``
-and ``memoised_mmseg_bases``)."""
+two session-wide savings that change no result (see
+``pytest_collection_finish`` and ``memoised_mmseg_bases``); one torch
+thread per pytest-xdist worker (``pytest_configure``)."""
 import copy
 import gc
 import os

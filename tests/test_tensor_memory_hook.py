@@ -16,7 +16,8 @@ from mmseg_hosvd.ops import MIB
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
-DEMO = osp.join(CONFIGS, 'demo', 'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
+DEMO = osp.join(CONFIGS, 'demo',
+                'fcn_r18-d8_5l-hosvd-eps0.8_tiny-voc-64x64.py')
 
 
 def test_held_bytes_counts_parameters_gradients_and_state_once():

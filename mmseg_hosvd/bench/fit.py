@@ -13,8 +13,8 @@ largest of several budgets, and chooses for each.
 The total of a configuration is tensor memory as the allocator sees it
 (bytes): what is held between steps
 (:func:`~mmseg_hosvd.engine.tensor_memory_hook.held_bytes`: parameters,
-buffers, optimizer state, the ``asi`` bases, after a warm-up step) plus the effective step's peak
-above that (:attr:`~.memory_row.MemoryRow.peak_bytes`: activations,
+buffers, optimizer state, the ``asi`` bases, after a warm-up step) plus
+the effective step's peak above that (:attr:`~.memory_row.MemoryRow.peak_bytes`: activations,
 gradients, temporaries). On CUDA it is ``max_memory_allocated`` during a
 step above what was allocated before the configuration was built.
 """

@@ -4,8 +4,8 @@ A :class:`Candidate` is one family of settings: a dict of overrides of the
 config's ``ActivationCompressionHook`` keys (adding a key to a candidate is
 one more entry in its ``hook`` dict; activation checkpointing is the hook's
 ``activation_checkpointing`` key), mixed precision, whether its gradients
-are exact, and what the plugin's docs say about its accuracy. The micro-batch is measured per candidate by
-:mod:`.fit`.
+are exact, and what the plugin's docs say about its accuracy. The
+micro-batch is measured per candidate by :mod:`.fit`.
 
 :func:`find_compression_hook` locates the hook entry a candidate's overrides
 replace: in ``custom_hooks`` (a list, by index) or ``default_hooks`` (by

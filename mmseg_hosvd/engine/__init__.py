@@ -3,10 +3,10 @@
 This package is what a config's ``custom_imports`` names
 (``custom_imports = dict(imports=['mmseg_hosvd.engine'], ...)``): importing
 it first runs :func:`mmseg_hosvd.compat.prepare_mmseg` (mmcv version
-check, then the documented ``mmcv.ops`` fallback), then imports the hooks and the CPU mixed-precision
-optim wrapper, which registers them, and makes mmengine load local and ``http(s)://``
-checkpoints with ``torch.load(weights_only=True)``, explicitly, whatever
-torch's default (:func:`.weights_only.install_weights_only_loader`).
+check, then the documented ``mmcv.ops`` fallback), then imports the
+hooks and the CPU mixed-precision optim wrapper, which registers them, and
+makes mmengine load local and ``http(s)://`` checkpoints with
+``torch.load(weights_only=True)``, explicitly, whatever torch's default (:func:`.weights_only.install_weights_only_loader`).
 """
 from ..compat import prepare_mmseg
 
