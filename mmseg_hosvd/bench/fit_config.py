@@ -70,12 +70,11 @@ def fitted_config_text(cfg, config_path: str, out_path: str,
             '# to see as many samples as the base config.',
         ]
     text = '\n'.join(lines) + '\n' + _assignment('_base_', [base])
-    hooks = list(cfg.get('custom_hooks') or [])
     if place == 'custom_hooks':
-        hooks = list(with_hook(cfg, (place, key), entry).custom_hooks)
+        cfg = with_hook(cfg, (place, key), entry)
     else:
         text += _assignment('default_hooks', {key: entry})
-    hooks = [h for h in plain_tree(hooks)
+    hooks = [h for h in plain_tree(list(cfg.get('custom_hooks') or []))
              if not (isinstance(h, dict) and h.get('type') == METER)]
     hooks.append(dict(type=METER, interval=METER_INTERVAL,
                       begin_iters=2 * counts,

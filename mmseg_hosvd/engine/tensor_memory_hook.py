@@ -9,6 +9,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from ..ops import MIB
+from ..ops.accounting import storage_keys
 from ..peak_memory import PeakMemoryMeter
 from ..surgery import compression_state_dict
 
@@ -40,11 +41,7 @@ def held_bytes(model: nn.Module,
     if optimizer is not None:
         tensors += _tensors(list(optimizer.state.values()))
     tensors += _tensors(compression_state_dict(model))
-    storages = {}
-    for tensor in tensors:
-        storage = tensor.untyped_storage()
-        storages[(storage.device, storage.data_ptr())] = storage.nbytes()
-    return sum(storages.values())
+    return sum(nbytes for _, _, nbytes in storage_keys(tensors))
 
 
 @HOOKS.register_module()
